@@ -1,0 +1,50 @@
+# The two commands a fresh machine needs (see README):
+#   make demo   set up .venv and run the main job on the built-in default corpus
+#   make test   set up .venv (with test extras) and run the test suite
+# Everything installs itself into .venv; torch is pinned to the CPU wheel 2.13.0.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+OUT    ?= out/demo
+
+.PHONY: demo test setup setup-test lint clean
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.base
+setup-test: $(VENV)/.test
+
+demo: setup
+	$(PY) -m pocketgpt data fetch
+	$(PY) -m pocketgpt tokenizer train --vocab-size 2048 --out $(OUT)/tokenizer
+	$(PY) -m pocketgpt tokenizer show --tokenizer $(OUT)/tokenizer "It is a truth universally acknowledged. 床前明月光，疑是地上霜。"
+	$(PY) -m pocketgpt tokenizer show --tokenizer gpt2 "A journey of a thousand miles begins with a single step."
+	$(PY) -m pocketgpt ngram --n 3 --words --corpus austen --generate 40 --seed 1 --summary
+	$(PY) -m pocketgpt ngram --n 3 --corpus zh --generate 60 --seed 1 --summary
+	@echo
+	@echo "Next, try:"
+	@echo "  . $(VENV)/bin/activate"
+	@echo "  pocketgpt tokenizer show --tokenizer gpt2 'strawberry 里有几个 r'"
+	@echo "  pocketgpt tokenizer encode --tokenizer $(OUT)/tokenizer --json '周一上班真的很'"
+	@echo "  pocketgpt ngram --n 2 --words --corpus austen --eval austen --json | head -c 300"
+	@echo "  pocketgpt --help"
+
+test: setup-test
+	$(PY) -m pytest -q
+
+lint: setup-test
+	$(VENV)/bin/ruff check pocketgpt tests bench
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

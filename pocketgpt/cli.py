@@ -1,0 +1,69 @@
+"""`pocketgpt <verb>`: one entry point; thin. Parses arguments, calls a room, prints.
+
+Known errors (`PocketError`) become one line on stderr and exit code 2; `--debug` shows the
+traceback instead. Verbs live in `pocketgpt/commands/`, one module per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pocketgpt import __version__
+from pocketgpt.errors import PocketError
+
+# Verb groups, in the order of the recipe: data -> tokens -> baseline -> model -> ...
+COMMANDS = [
+    "data",
+    "tokenizer",
+    "ngram",
+]
+
+EXAMPLES = """\
+the recipe, step by step:
+  pocketgpt data fetch                          build the default corpora (Austen, People's Daily, Tang poems)
+  pocketgpt tokenizer train --vocab-size 4096 --out tok/
+  pocketgpt tokenizer show --tokenizer gpt2 "strawberry 里有几个 r"
+  pocketgpt ngram --n 3 --words --corpus austen --generate 30
+run `pocketgpt VERB --help` for a verb's options and an example."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pocketgpt",
+        description="The whole ChatGPT recipe, small and readable: tokenizer -> GPT -> SFT -> RLHF -> serve.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"pocketgpt {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in COMMANDS:
+        importlib.import_module(f"pocketgpt.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except PocketError as e:
+        if args.debug:
+            raise
+        print(f"pocketgpt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pocketgpt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `pocketgpt ... | head` is fine
+        return 0
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
