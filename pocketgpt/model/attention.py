@@ -1,0 +1,216 @@
+"""Attention: every token looks at the others and takes a weighted average of what they offer.
+
+    softmax(Q K^T / sqrt(d_k)) V        (Vaswani et al. 2017, "Attention Is All You Need", eq. 1)
+
+Two implementations of the same formula, which the tests hold equal (forward and gradients):
+  - `naive_attention`: the formula written out; also returns the (B, nh, Tq, Tk) weights, for tests and
+    attention heatmaps.
+  - `sdpa_attention`: `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
+    kernels on GPU); the path models take unless someone asks for the weights.
+Then the modules built on them: `SelfAttention` (fused qkv projection, grouped-query attention,
+optional RoPE, KV cache), `CrossAttention` (queries from the decoder, keys/values from the encoder)
+and `KVCache` (preallocated per-layer key/value buffers for generation).
+
+Masks are boolean, True = may attend, shaped (B or 1, 1 or nh, Tq, Tk). Masked scores become -inf
+*before* the softmax so they get exactly zero weight; a row with nothing to attend to (a padding
+query) outputs zeros rather than NaN. This module knows nothing of tokens, embeddings or losses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pocketgpt.config import ModelConfig
+from pocketgpt.model.positions import RoPE
+
+
+# -- masks ---------------------------------------------------------------------------------------
+def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> torch.Tensor:
+    """(Tq, Tk) bool, True = may attend. Queries are the *last* Tq of the Tk positions (with a KV
+    cache the new tokens come after the cached ones), so query i sits at position Tk - Tq + i."""
+    q_pos = torch.arange(t_k - t_q, t_k, device=device)[:, None]  # (Tq, 1)
+    k_pos = torch.arange(t_k, device=device)[None, :]  # (1, Tk)
+    return k_pos <= q_pos  # (Tq, Tk)
+
+
+def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, Tk) with 1 = real token, 0 = padding -> (B, 1, 1, Tk) bool: no query may attend to a pad."""
+    return attention_mask.bool()[:, None, None, :]
+
+
+def _combine(mask: torch.Tensor | None, causal: bool, t_q: int, t_k: int, device: torch.device) -> torch.Tensor | None:
+    """The one boolean mask that means `mask AND causal` (None when nothing is masked)."""
+    if causal:
+        c = causal_mask(t_q, t_k, device)  # (Tq, Tk)
+        return c if mask is None else mask & c
+    return mask
+
+
+# -- the formula, twice --------------------------------------------------------------------------
+def naive_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention. q (B, nh, Tq, hs), k/v (B, nh, Tk, hs) -> out (B, nh, Tq, hs), weights (B, nh, Tq, Tk).
+
+    Masked scores are set to -inf *before* the softmax: exp(-inf) = 0, so a masked key gets exactly
+    zero weight and the rest still sum to 1. (Multiplying scores by a 0/1 mask would leave a score of
+    0, and exp(0) = 1 still gives the future a share of the weight.)
+    """
+    allowed = _combine(mask, causal, q.size(-2), k.size(-2), q.device)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)  # (B, nh, Tq, Tk)
+    if allowed is not None:  # a query with no allowed key gives 0/0 = NaN: make it attend to nothing
+        weights = weights.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v, weights  # (B, nh, Tq, hs), (B, nh, Tq, Tk)
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Fast attention through torch's fused kernel; same shapes and semantics as `naive_attention`
+    (without the weights). The kernel's own `is_causal` aligns the mask top-left, which is wrong once a
+    KV cache makes Tq < Tk, so we only use it for the plain square case and pass a mask otherwise."""
+    t_q, t_k = q.size(-2), k.size(-2)
+    if mask is None and (not causal or t_q == 1):  # one new token may see every cached one
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    if mask is None and t_q == t_k:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    allowed = _combine(mask, causal, t_q, t_k, q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p)  # (B, nh, Tq, hs)
+    return out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # same convention as the reference
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, nkv, T, hs) -> (B, nkv * n_rep, T, hs): each kv head serves n_rep consecutive query heads
+    (grouped-query attention, Ainslie et al. 2023; the same grouping as `transformers` Llama)."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+# -- KV cache ------------------------------------------------------------------------------------
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, in buffers allocated once.
+
+    Generation appends one token at a time; without a cache each step would recompute attention
+    inputs for the whole prefix (O(T^2) work per sequence). `update` writes the new keys/values in
+    place at `pos` and returns views of everything so far; the model calls `advance` once per forward.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nkv, max_len, hs)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.pos = 0  # number of positions already written
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v (B, nkv, T, hs) at positions pos..pos+T-1; return all keys/values (B, nkv, pos+T, hs)."""
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}; build a larger cache")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+# -- modules -------------------------------------------------------------------------------------
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused q/k/v projection.
+
+    `qkv.weight` rows are [all q heads | all k heads | all v heads] ((nh + 2 nkv) * hs, C). With
+    n_kv_head < n_head several query heads share a key/value head (GQA), shrinking the KV cache.
+    `causal=False` gives the bidirectional attention of an encoder (BERT, the seq2seq encoder).
+    Set `need_weights=True` on a call to take the reference path and keep the weights in
+    `self.last_weights` (B, nh, T, Tk) for inspection.
+    """
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0, *, causal: bool = True) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.layer_idx, self.causal, self.dropout = layer_idx, causal, config.dropout
+        qkv_out = (self.n_head + 2 * self.n_kv_head) * self.head_dim
+        self.qkv = nn.Linear(config.d_model, qkv_out, bias=config.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
+        self.resid_drop = nn.Dropout(config.dropout)
+        self.rope = RoPE(self.head_dim, config.rope_theta) if config.positions == "rope" else None
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, need_weights: bool = False) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). `positions` (T,) or (B, T) feed RoPE; `cache` adds past keys/values."""
+        B, T, _ = x.shape
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.rope is not None:
+            if positions is None:
+                start = cache.pos if cache is not None else 0
+                positions = torch.arange(start, start + T, device=x.device)  # (T,)
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, nkv, Tk, hs)
+        k, v = repeat_kv(k, nh // nkv), repeat_kv(v, nh // nkv)  # (B, nh, Tk, hs)
+        y = self._attend(q, k, v, mask, need_weights)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, nh*hs): merge the heads
+        return self.resid_drop(self.proj(y))  # (B, T, C)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                need_weights: bool) -> torch.Tensor:
+        p = self.dropout if self.training else 0.0
+        if need_weights:  # the reference path: slower, but it can show its weights
+            y, self.last_weights = naive_attention(q, k, v, causal=self.causal, mask=mask, dropout_p=p)
+            return y
+        return sdpa_attention(q, k, v, causal=self.causal, mask=mask, dropout_p=p)
+
+
+class CrossAttention(nn.Module):
+    """Decoder queries attend over encoder outputs (Vaswani et al. 2017, sec. 3.2.3, "encoder-decoder
+    attention"). `q` projects the decoder stream (nh heads), `kv` the encoder memory (2 * nkv heads).
+    Never causal: every target position may read the whole source; `memory_mask` (B, Ts) hides source padding."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.dropout = config.dropout
+        self.q = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=config.bias)
+        self.kv = nn.Linear(config.d_model, 2 * self.n_kv_head * self.head_dim, bias=config.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
+        self.resid_drop = nn.Dropout(config.dropout)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, *, memory_mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> torch.Tensor:
+        """x (B, Tt, C) decoder stream, memory (B, Ts, C) encoder output -> (B, Tt, C)."""
+        B, Tt, _ = x.shape
+        Ts = memory.size(1)
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q = self.q(x).view(B, Tt, nh, hs).transpose(1, 2)  # (B, nh, Tt, hs)
+        k, v = self.kv(memory).split(nkv * hs, dim=-1)
+        k = repeat_kv(k.view(B, Ts, nkv, hs).transpose(1, 2), nh // nkv)  # (B, nh, Ts, hs)
+        v = repeat_kv(v.view(B, Ts, nkv, hs).transpose(1, 2), nh // nkv)  # (B, nh, Ts, hs)
+        mask = padding_mask(memory_mask) if memory_mask is not None else None  # (B, 1, 1, Ts)
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            y, self.last_weights = naive_attention(q, k, v, causal=False, mask=mask, dropout_p=p)
+        else:
+            y = sdpa_attention(q, k, v, causal=False, mask=mask, dropout_p=p)  # (B, nh, Tt, hs)
+        y = y.transpose(1, 2).contiguous().view(B, Tt, nh * hs)  # (B, Tt, nh*hs)
+        return self.resid_drop(self.proj(y))  # (B, Tt, C)

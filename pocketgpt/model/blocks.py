@@ -1,0 +1,123 @@
+"""The pieces a Transformer layer is made of: norms, the feed-forward network, the residual block.
+
+    pre-LN  (GPT-2, Llama):               x = x + attn(norm1(x));  x = x + ffn(norm2(x))
+    post-LN (Vaswani et al. 2017, BERT):  x = norm1(x + attn(x));  x = norm2(x + ffn(x))
+
+Pre-LN keeps an untouched residual path from input to output, which is why deep GPTs train without
+warm-up tricks (Xiong et al. 2020). Position schemes live in `positions.py` and are re-exported here.
+This module knows nothing of tokens, vocabularies or losses; `gpt.py` stacks these blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pocketgpt.config import ModelConfig
+from pocketgpt.model.attention import KVCache, SelfAttention
+from pocketgpt.model.positions import LearnedPositions, RoPE, sinusoidal_table
+
+__all__ = ["LayerNorm", "RMSNorm", "make_norm", "FeedForward", "Block", "LearnedPositions", "RoPE",
+           "sinusoidal_table"]
+
+
+# -- norms ---------------------------------------------------------------------------------------
+class LayerNorm(nn.Module):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last dim (Ba et al. 2016); bias optional."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): LayerNorm without centring or bias.
+    Computed in float32 and cast back, as `transformers` Llama does, so bf16 models match it."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The norm the config asks for, over d_model."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return LayerNorm(config.d_model, config.norm_eps, bias=config.bias)
+
+
+# -- feed-forward --------------------------------------------------------------------------------
+_ACTIVATIONS = {
+    "relu": F.relu,  # the 2017 paper: FFN(x) = max(0, x W1 + b1) W2 + b2
+    "gelu": F.gelu,  # exact GELU (BERT)
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
+}
+
+
+class FeedForward(nn.Module):
+    """The position-wise MLP: C -> d_ff -> C, applied to every token independently.
+
+    Plain: proj(act(fc(x))). SwiGLU (Shazeer 2020, used by Llama): proj(silu(gate(x)) * fc(x)), a
+    gated unit whose gate decides, per hidden unit, how much of fc(x) passes.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.activation == "swiglu"
+        self.fc = nn.Linear(config.d_model, config.d_ff, bias=config.bias)  # up projection
+        if self.swiglu:
+            self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        else:
+            self.act = _ACTIVATIONS[config.activation]
+        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)  # down projection
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.gate(x)) * self.fc(x) if self.swiglu else self.act(self.fc(x))  # (B, T, d_ff)
+        return self.drop(self.proj(h))  # (B, T, C)
+
+
+# -- the residual block --------------------------------------------------------------------------
+class Block(nn.Module):
+    """One Transformer layer: self-attention then a feed-forward network (or a mixture of experts when
+    `config.n_expert > 0`, as `moe`), each wrapped in a residual connection and a norm placed per
+    `config.norm_placement`. `causal=False` makes an encoder layer."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int = 0, *, causal: bool = True) -> None:
+        super().__init__()
+        self.pre_norm = config.norm_placement == "pre"
+        self.ln1 = make_norm(config)
+        self.attn = SelfAttention(config, layer_idx, causal=causal)
+        self.ln2 = make_norm(config)
+        if config.n_expert > 0:
+            from pocketgpt.model.moe import MoE  # lazy: moe.py itself builds on FeedForward
+
+            self.moe = MoE(config)
+        else:
+            self.mlp = FeedForward(config)
+
+    @property
+    def ffn(self) -> nn.Module:
+        return self.moe if hasattr(self, "moe") else self.mlp
+
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, need_weights: bool = False) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); the keyword arguments go to `SelfAttention`."""
+        kw = dict(mask=mask, positions=positions, cache=cache, need_weights=need_weights)
+        if self.pre_norm:
+            x = x + self.attn(self.ln1(x), **kw)  # (B, T, C)
+            return x + self.ffn(self.ln2(x))
+        x = self.ln1(x + self.attn(x, **kw))  # post-LN: normalise after each residual sum
+        return self.ln2(x + self.ffn(x))
