@@ -15,6 +15,7 @@ Knows nothing of tokens: text in, text out (see bpe.py and ngram.py for what use
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -23,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,11 @@ from pocketgpt.atomic import atomic_write, sha256_file
 from pocketgpt.errors import DataError, FetchError
 from pocketgpt.home import data_dir
 from pocketgpt.text.textfile import read_text
+
+try:
+    import fcntl  # POSIX only; on Windows parallel fetches are simply not guarded
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ CORPORA: dict[str, CorpusInfo] = {
     ),
 }
 ALIASES: dict[str, list[str]] = {"en": ["austen"], "zh": ["peoples_daily", "tang"], "default": list(CORPORA)}
+BUILD_VERSION = 1  # bump when a builder changes its output, so old caches are rebuilt
 AUSTEN_BOOKS = [
     "sensesensibility",
     "prideprejudice",
@@ -94,8 +101,9 @@ def corpus_path(name: str) -> Path:
         report = fetch([name], progress=False)
         if name in report["missing"]:
             raise FetchError(f"corpus {name!r} is not available: {report['missing'][name]}")
-    want = _load_manifest().get(name, {}).get("sha256")
-    if want != sha256_file(path):
+    with _locked():  # not while another process is between writing a file and its manifest entry
+        want, got = _load_manifest().get(name, {}).get("sha256"), sha256_file(path)
+    if want != got:
         why = "is not in the manifest" if want is None else "does not match its sha256 in the manifest"
         raise DataError(
             f"{path} {why} (corrupt or edited); re-run `pocketgpt data fetch --force --only {name}`"
@@ -112,28 +120,34 @@ def fetch(names: list[str] | None = None, *, force: bool = False, progress: bool
     from tqdm import tqdm
 
     wanted = _expand(names or ["default"])
-    manifest = _load_manifest()
     report: dict = {"data_dir": str(data_dir()), "corpora": {}, "missing": {}}
-    bar = tqdm(wanted, desc="corpora", unit="corpus", disable=not progress)
-    for name in bar:
-        bar.set_postfix_str(name)
-        path = data_dir() / f"{name}.txt"
-        entry = manifest.get(name)
-        if not force and entry and path.exists() and sha256_file(path) == entry["sha256"]:
-            report["corpora"][name] = {"status": "cached", "path": str(path), **entry}
-            continue
-        try:
-            text = BUILDERS[name]()
-        except FetchError as e:
-            report["missing"][name] = str(e)
-            continue
-        atomic_write(path, text)
-        entry = {"bytes": path.stat().st_size, "chars": len(text), "sha256": sha256_file(path)}
-        entry |= {"source": CORPORA[name].source, "licence": CORPORA[name].licence}
-        manifest[name] = entry
-        _save_manifest(manifest)  # after each corpus, so an interrupted fetch keeps what it built
-        report["corpora"][name] = {"status": "built", "path": str(path), **entry}
+    with _locked(), tqdm(wanted, desc="corpora", unit="corpus", disable=not progress) as bar:
+        manifest = _load_manifest()
+        for name in bar:
+            _fetch_one(name, manifest, force, report)
+            bar.set_postfix_str(name)
     return report
+
+
+def _fetch_one(name: str, manifest: dict, force: bool, report: dict) -> None:
+    """Build one corpus unless it is cached and intact; record the outcome in `report`."""
+    path = data_dir() / f"{name}.txt"
+    entry = manifest.get(name)
+    fresh = entry and entry.get("version") == BUILD_VERSION and path.exists()
+    if not force and fresh and sha256_file(path) == entry["sha256"]:
+        report["corpora"][name] = {"status": "cached", "path": str(path), **entry}
+        return
+    try:
+        text = BUILDERS[name]()
+    except FetchError as e:
+        report["missing"][name] = str(e)
+        return
+    atomic_write(path, text)
+    entry = {"bytes": path.stat().st_size, "chars": len(text), "sha256": sha256_file(path)}
+    entry |= {"source": CORPORA[name].source, "licence": CORPORA[name].licence, "version": BUILD_VERSION}
+    manifest[name] = entry
+    _save_manifest(manifest)  # after each corpus, so an interrupted fetch keeps what it built
+    report["corpora"][name] = {"status": "built", "path": str(path), **entry}
 
 
 def cache_status() -> dict[str, dict]:
@@ -164,6 +178,16 @@ def _expand(names: list[str]) -> list[str]:
 
 def _known() -> str:
     return f"known corpora: {', '.join(CORPORA)}; aliases: {', '.join(ALIASES)}"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """An exclusive lock on the cache, so parallel fetches (pytest -n, two shells) do not race."""
+    data_dir().mkdir(parents=True, exist_ok=True)
+    with open(data_dir() / ".lock", "w") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _load_manifest() -> dict:
