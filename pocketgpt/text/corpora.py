@@ -62,7 +62,7 @@ CORPORA: dict[str, CorpusInfo] = {
     ),
 }
 ALIASES: dict[str, list[str]] = {"en": ["austen"], "zh": ["peoples_daily", "tang"], "default": list(CORPORA)}
-BUILD_VERSION = 1  # bump when a builder changes its output, so old caches are rebuilt
+BUILD_VERSION = 2  # bump when a builder changes its output, so old caches are rebuilt
 AUSTEN_BOOKS = [
     "sensesensibility",
     "prideprejudice",
@@ -97,8 +97,8 @@ def corpus_path(name: str) -> Path:
     if name not in CORPORA:
         raise DataError(f"unknown corpus {name!r}; {_known()}")
     path = data_dir() / f"{name}.txt"
-    if not path.exists():
-        report = fetch([name], progress=False)
+    if not path.exists() or _load_manifest().get(name, {}).get("version") != BUILD_VERSION:
+        report = fetch([name], progress=False)  # missing, or built by an older pocketgpt
         if name in report["missing"]:
             raise FetchError(f"corpus {name!r} is not available: {report['missing'][name]}")
     with _locked():  # not while another process is between writing a file and its manifest entry
@@ -326,15 +326,16 @@ def build_tang() -> str:
         texts = [f.read_text(encoding="utf-8", errors="replace") for f in files if f.exists()]
     if not texts:
         raise FetchError("fortunes-zh has no fortune files under usr/share/games/fortunes")
-    entries = [e for t in texts for e in fortune_entries(t)]
+    entries = [e.translate(_FULLWIDTH) for t in texts for e in fortune_entries(t)]
     return "\n\n".join(e for e in entries if is_classical(e)) + "\n"
 
 
 def is_classical(entry: str) -> bool:
     """Keep poems and sayings; drop the Debian-manual excerpts the `chinese` file also holds.
 
-    Those excerpts are Chinese prose full of commands and Latin names (60-85% CJK); the poems are
-    above 95%, so 90% separates them. The few manual excerpts with that much CJK name Debian.
+    Those excerpts are Chinese prose full of commands and Latin names (60-85% of their letters are
+    CJK); poems and sayings are above 95%, so 90% separates them. The few manual excerpts with
+    that much CJK name Debian.
     """
     return cjk_fraction(entry) >= 0.9 and "Debian" not in entry
 
@@ -350,10 +351,11 @@ def fortune_entries(text: str) -> list[str]:
 
 
 def cjk_fraction(text: str) -> float:
-    """Share of the non-space, non-punctuation characters that are CJK ideographs."""
-    chars = [c for c in text if not c.isspace() and not unicodedata.category(c).startswith("P")]
-    cjk = sum(1 for c in chars if "CJK" in unicodedata.name(c, ""))
-    return cjk / max(1, len(chars))
+    """Share of the letters (Unicode category L*) that are CJK ideographs; digits, spaces and
+    punctuation do not count, so a poem dated (９４６－９９９) is still all Chinese."""
+    letters = [c for c in text if unicodedata.category(c).startswith("L")]
+    cjk = sum(1 for c in letters if "CJK" in unicodedata.name(c, ""))
+    return cjk / max(1, len(letters))
 
 
 BUILDERS: dict[str, Callable[[], str]] = {

@@ -137,6 +137,8 @@ def test_tang_is_clean_chinese(corpora):
     assert "\x1b[" not in text and "Debian" not in text
     assert pc.cjk_fraction(text) > 0.9
     assert "床前明月光" in text  # Li Bai's 静夜思 is among the 300 Tang poems
+    assert "鸣骹直上一千尺" in text  # a Song poem, whose author line is dated in full-width digits
+    assert "柳开（946－999）" in text
 
 
 def test_manifest_checksums_match(corpora):
