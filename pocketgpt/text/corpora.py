@@ -56,7 +56,7 @@ CORPORA: dict[str, CorpusInfo] = {
         "PKU corpus: research use only",
     ),
     "tang": CorpusInfo(
-        "Tang poems, Song ci and Chinese sayings (classical Chinese)",
+        "Tang and Song poems and Chinese sayings (classical Chinese)",
         "Debian package fortunes-zh",
         "GPL-3.0+",
     ),
@@ -229,7 +229,9 @@ def debian_package(package: str, dest: Path) -> Path:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise FetchError(f"`apt-get download {package}` failed ({last}); run `sudo apt-get update` and retry")
     root = dest / "root"
-    subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], check=True, capture_output=True)
+    proc = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(root)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FetchError(f"`dpkg-deb -x {debs[0].name}` failed ({proc.stderr.strip()}); is the disk full?")
     return root
 
 
