@@ -21,9 +21,11 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,7 +248,12 @@ def build_austen() -> str:
         rdb = next(root.glob("usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"), None)
         if rdb is None:
             raise FetchError("r-cran-janeaustenr has no data/Rdata.rdb; the package layout changed")
-        books = read_lazyload(rdb)
+        try:
+            books = read_lazyload(rdb)
+        except (ValueError, KeyError, OSError, zlib.error, struct.error) as e:
+            raise FetchError(
+                f"cannot read {rdb.name} from r-cran-janeaustenr ({e}); its format changed"
+            ) from e
     return "\n\n".join(_paragraphs(books[b].value) for b in AUSTEN_BOOKS) + "\n"
 
 
