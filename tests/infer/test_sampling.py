@@ -1,0 +1,83 @@
+"""Sampling filters keep exactly the right support; seeds reproduce; the loop matches a no-cache loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pocketgpt.config import ModelConfig
+from pocketgpt.errors import DataError
+from pocketgpt.infer.generate import generate
+from pocketgpt.infer.sampling import filter_top_k, filter_top_p, sample_next
+from pocketgpt.model.gpt import GPT
+
+
+def _support(logits: torch.Tensor) -> set[int]:
+    return set(torch.isfinite(logits).nonzero().flatten().tolist())
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.tensor([0.1, 3.0, -1.0, 2.0, 0.5, 2.5])
+    assert _support(filter_top_k(logits, 3)) == {1, 3, 5}
+    assert _support(filter_top_k(logits, 1)) == {1}
+    assert _support(filter_top_k(logits, 6)) == set(range(6))
+
+
+@pytest.mark.parametrize("p,want", [(0.5, {0}), (0.5000001, {0, 1}), (0.7, {0, 1}), (0.8, {0, 1, 2}),
+                                    (0.95, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3, 4})])
+def test_top_p_keeps_smallest_set_with_mass_at_least_p(p, want):
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03], dtype=torch.float64)
+    perm = torch.tensor([3, 0, 4, 1, 2])  # shuffled so order in the row does not matter
+    kept = _support(filter_top_p(probs.log()[perm], p))
+    assert {int(perm[i]) for i in kept} == want
+
+
+def test_top_p_brute_force_on_random_rows():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        logits = torch.randn(12, generator=g, dtype=torch.float64) * 2
+        p = float(torch.rand(1, generator=g))
+        probs = logits.softmax(-1)
+        order = probs.argsort(descending=True).tolist()
+        size = next(n for n in range(1, 13) if probs[order[:n]].sum() >= p)  # smallest prefix reaching p
+        assert _support(filter_top_p(logits, p)) == set(order[:size])
+
+
+def test_sample_respects_support_seed_and_greedy():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]]).repeat(200, 1)
+    draws = sample_next(logits, top_k=2, generator=torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == {3, 4}
+    a = sample_next(logits, temperature=1.3, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    b = sample_next(logits, temperature=1.3, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and len(set(a.tolist())) > 1
+    assert sample_next(logits, temperature=0.0).eq(4).all()
+
+
+def _tiny_gpt():
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, d_model=16)).eval()
+
+
+def test_generate_seeded_reproducible_and_greedy_matches_full_recompute():
+    m = _tiny_gpt()
+    a = generate(m, [1, 2, 3], max_tokens=8, temperature=1.0, seed=3)
+    b = generate(m, [1, 2, 3], max_tokens=8, temperature=1.0, seed=3)
+    assert a.tokens == b.tokens and len(a.tokens) == 8 and a.prompt_tokens == 3
+    greedy = generate(m, [1, 2, 3], max_tokens=6, temperature=0.0)
+    ids = [1, 2, 3]
+    with torch.no_grad():
+        for _ in range(6):  # the same thing without a cache
+            ids.append(int(m(torch.tensor([ids]))[0, -1].argmax()))
+    assert greedy.tokens == ids[3:]
+
+
+def test_generate_stops_at_stop_id_and_at_context_end():
+    m = _tiny_gpt()
+    first = generate(m, [1, 2], max_tokens=8, temperature=2.0, seed=1).tokens
+    cut = next(i for i in range(1, 8) if first[i] not in first[:i])  # a token not seen before
+    stopped = generate(m, [1, 2], max_tokens=8, temperature=2.0, seed=1, stop_ids=[first[cut]])
+    assert stopped.tokens == first[:cut] and stopped.finish_reason == "stop"
+    full = generate(m, [1] * 10, max_tokens=100, temperature=0.5, seed=0)
+    assert len(full.tokens) == 6 and full.finish_reason == "length"  # 10 + 6 = block_size 16
+    with pytest.raises(DataError):
+        generate(m, [], max_tokens=3)
