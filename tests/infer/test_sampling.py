@@ -78,6 +78,7 @@ def test_generate_stops_at_stop_id_and_at_context_end():
     stopped = generate(m, [1, 2], max_tokens=8, temperature=2.0, seed=1, stop_ids=[first[cut]])
     assert stopped.tokens == first[:cut] and stopped.finish_reason == "stop"
     full = generate(m, [1] * 10, max_tokens=100, temperature=0.5, seed=0)
-    assert len(full.tokens) == 6 and full.finish_reason == "length"  # 10 + 6 = block_size 16
+    # 10 prompt + 6 fed tokens fill block_size 16; the logits at the last position still give a 7th
+    assert len(full.tokens) == 7 and full.finish_reason == "length"
     with pytest.raises(DataError):
         generate(m, [], max_tokens=3)
