@@ -18,6 +18,7 @@ COMMANDS = [
     "data",
     "tokenizer",
     "ngram",
+    "model",
 ]
 
 EXAMPLES = """\
