@@ -205,19 +205,13 @@ def test_feed_forward_formulas(act, fn):
 def test_pre_ln_and_post_ln_structure():
     torch.manual_seed(0)
     x = torch.randn(1, 4, 32)
-    for placement in ("pre", "post"):
-        blk = Block(ModelConfig(**CFG, norm_placement=placement)).eval()
-        a = blk.attn(blk.ln1(x)) if placement == "pre" else None
-        if placement == "pre":
-            h = x + a
-            want = h + blk.mlp(blk.ln2(h))
-        else:
-            h = blk.ln1(x + blk.attn(x))
-            want = blk.ln2(h + blk.mlp(h))
-        assert torch.allclose(blk(x), want, atol=1e-6)
+    pre = Block(ModelConfig(**CFG, norm_placement="pre")).eval()
+    h = x + pre.attn(pre.ln1(x))  # norm inside the residual branch
+    assert torch.allclose(pre(x), h + pre.mlp(pre.ln2(h)), atol=1e-6)
     post = Block(ModelConfig(**CFG, norm_placement="post")).eval()
+    h = post.ln1(x + post.attn(x))  # norm after the residual sum
+    assert torch.allclose(post(x), post.ln2(h + post.mlp(h)), atol=1e-6)
     out = post(x * 100)
     # post-LN output is normalised (mean 0, std 1 per token before the affine, which is identity at init)
     assert torch.allclose(out.mean(-1), torch.zeros(1, 4), atol=1e-5)
-    pre = Block(ModelConfig(**CFG, norm_placement="pre")).eval()
     assert pre(x * 100).std() > 10  # pre-LN keeps the residual stream's scale
