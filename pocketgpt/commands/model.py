@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from pocketgpt.commands import add_group, add_verb, emit
-from pocketgpt.errors import ConfigMismatch, TokenizerError
+from pocketgpt.errors import ConfigMismatch, DataError, TokenizerError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,6 +87,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pocketgpt.infer.generate import generate
     from pocketgpt.model.checkpoint import load_model
 
+    if args.max_tokens < 0 or (args.top_p is not None and not 0.0 < args.top_p <= 1.0):
+        raise DataError("--max-tokens must be >= 0 and --top-p in (0, 1]")
     model, tok = load_model(args.model_dir)
     if tok is None:
         raise TokenizerError(f"{args.model_dir}: no tokenizer files in the model directory; "

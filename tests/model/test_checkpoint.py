@@ -135,3 +135,7 @@ def test_cli_generate_on_fresh_tiny_model(cli, tmp_path):
     assert len(a["tokens"]) <= 8 and a["text"] == tok.decode(a["tokens"])
     greedy = cli("generate", str(tmp_path / "m"), "It is", "--max-tokens", "4", "--temperature", "0")
     assert greedy.stdout.startswith("It is")
+    bad = cli("generate", str(tmp_path / "m"), "x", "--top-p", "1.5", check=False)
+    assert bad.returncode == 2 and "--top-p" in bad.stderr
+    info = json.loads(cli("model", "info", str(tmp_path / "m"), "--json").stdout)
+    assert info["params"]["total"] == GPT(GPT2.replace(vocab_size=tok.vocab_size)).num_params()
