@@ -83,7 +83,9 @@ def ngram_cmd(args: argparse.Namespace) -> int:
         result["eval"] = {"corpus": str(args.eval), **ev}
 
     def show(u: Any) -> str:
-        return _visible(tokenizer.decode([u]) if isinstance(u, int) else u)
+        if isinstance(u, int):  # a byte-level token may be part of a character: show its bytes
+            return _visible(tokenizer.token_bytes(u).decode("utf-8", "backslashreplace"))
+        return _visible(u)
 
     emit(args, _json_safe(result), lambda: _print_human(model, result, top, show))
     return 0

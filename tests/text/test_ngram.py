@@ -110,6 +110,19 @@ def test_split_marks_lines_and_prompt_end():
     assert join_units(["a", "b", EOS, "c"], "char") == "ab\nc"
 
 
+def test_bpe_token_units():
+    from pocketgpt.text.bpe import load_tokenizer
+
+    tok = load_tokenizer("gpt2")
+    units = split_units("hello world\nhello there\n你好", "token", tok)
+    hello, world, there = tok.encode("hello"), tok.encode(" world"), tok.encode(" there")
+    assert units == hello + world + [EOS] + hello + there + [EOS] + tok.encode("你好") + [EOS]
+    m = NGramModel(2).fit(units)
+    assert m.prob(hello[-1:], world[0]) == pytest.approx(0.5)
+    assert " ".join(map(str, hello)) in m.to_json()["probs"]
+    assert join_units(units, "token", tok) == "hello world\nhello there\n你好\n"
+
+
 # --- generation ----------------------------------------------------------------------------
 
 
@@ -207,6 +220,9 @@ def test_cli_human_view_and_infinite_perplexity(cli, tmp_path):
     )
     inf = json.loads(cli("ngram", "--corpus", str(f), "--eval", str(g), "--json").stdout)["eval"]
     assert inf["perplexity"] is None and inf["zero_prob_events"] == 6
+    # GPT-2 splits these characters into byte tokens: the table shows their bytes, not U+FFFD
+    out = cli("ngram", "--corpus", str(f), "--tokenizer", "gpt2", "--top", "2", "--generate", "5").stdout
+    assert "\\x" in out and "\ufffd" not in out.split("generated:")[0]
 
 
 @pytest.mark.parametrize("content", [b"", b"\n  \n", b"caf\xe9 au lait\n"])
