@@ -115,7 +115,10 @@ def _print_human(model: Any, result: dict, top: int | None, show: Any) -> None:
     s = model.stats()
     print(f"{model.n}-gram model over {result['unit']}s of {result['corpus']} ({result['units']:,} units)")
     print(f"  add-k: {model.add_k:g}" + ("" if model.add_k else " (no smoothing: unseen events have P = 0)"))
-    print(f"  V (distinct units, </s> included): {s['vocab_size']:,}   contexts seen: {s['contexts']:,}")
+    extra = ", <unk>" if model.add_k else ""
+    print(
+        f"  V (distinct units, </s>{extra} included): {s['vocab_size']:,}   contexts seen: {s['contexts']:,}"
+    )
     dense = model.V**model.n
     print(
         f"  cells stored: {s['cells']:,} of a dense V^n = {model.V:,}^{model.n} = {dense:.3g} ({s['cells'] / dense:.2g})"

@@ -44,7 +44,7 @@ Unit = Hashable  # str for characters and words, int (a token id) for BPE tokens
 
 def split_units(text: str, unit: str = "char", tokenizer: Any = None, *, end: bool = True) -> list:
     """Text -> a flat list of units, each non-empty line followed by EOS (the last line only if
-    `end`, so a prompt can be continued mid-sentence). Whitespace is a unit for "char" and
+    `end` or the text ends in a newline, so a prompt can be continued mid-sentence). Whitespace is a unit for "char" and
     "token", dropped for "word" (join_units puts it back)."""
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
@@ -60,7 +60,7 @@ def split_units(text: str, unit: str = "char", tokenizer: Any = None, *, end: bo
             out.extend(WORD_RE.findall(line))
         else:
             out.extend(tokenizer.encode(line))
-        if end or i < len(lines) - 1:
+        if end or i < len(lines) - 1 or text.endswith("\n"):
             out.append(EOS)
     return out
 

@@ -107,6 +107,7 @@ def test_word_split_and_join():
 def test_split_marks_lines_and_prompt_end():
     assert split_units("ab\n\nc\n", "char") == ["a", "b", EOS, "c", EOS]
     assert split_units("ab\nc", "char", end=False) == ["a", "b", EOS, "c"]
+    assert split_units("ab\n", "char", end=False) == ["a", "b", EOS]  # a finished line stays finished
     assert join_units(["a", "b", EOS, "c"], "char") == "ab\nc"
 
 
