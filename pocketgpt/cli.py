@@ -19,6 +19,7 @@ COMMANDS = [
     "tokenizer",
     "ngram",
     "model",
+    "interop",
 ]
 
 EXAMPLES = """\

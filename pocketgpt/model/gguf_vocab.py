@@ -1,0 +1,93 @@
+"""The vocabulary inside a GGUF file -> tokenizer files in our model directory.
+
+A GGUF "gpt2"-model tokenizer is a list of tokens by id (GPT-2 byte-to-unicode strings), a token type
+per id (1 normal, 3 control, 4 user-defined), BPE merges in priority order and a pre-tokenizer
+*name* (`tokenizer.ggml.pre`) for which llama.cpp keeps the regex. `PRE_PATTERNS` holds those regexes.
+
+Our `Tokenizer` numbers ids as [all 256 bytes and merged tokens | special tokens]. A file laid out
+that way (every pocketgpt export) becomes our tokenizer files. Many real vocabularies are not:
+SmolLM2 puts its 17 special tokens at ids 0..16 and leaves out 21 bytes that never occur in UTF-8
+text, and renumbering ids would change the model's embedding rows. Those are written unchanged as a
+Hugging Face `tokenizer.json` (same ids, same merges, same regex), which the `tokenizers` library and
+transformers read. Knows nothing of tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pocketgpt.atomic import atomic_write
+from pocketgpt.errors import TokenizerError
+from pocketgpt.text.bpe_pretokenize import CL100K_PATTERN, GPT2_PATTERN
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+HF_TOKENIZER_FILE = "tokenizer.json"
+NORMAL = 1
+# llama.cpp pre-tokenizer name -> one regex with the same splits. "smollm" isolates every digit before
+# the GPT-2 rules (llama.cpp runs \p{N} first), which is GPT-2's pattern with \p{N} taken alone.
+PRE_PATTERNS = {
+    "gpt-2": ("gpt2", GPT2_PATTERN),
+    "llama-bpe": ("cl100k", CL100K_PATTERN),
+    "smollm": ("custom", GPT2_PATTERN.replace(r" ?\p{N}++", r"\p{N}")),
+}
+
+
+def save_gguf_tokenizer(meta: dict[str, Any], out: Path):
+    """Our `Tokenizer` for the file's vocabulary when our id layout fits it (the caller saves it);
+    otherwise write `tokenizer.json` into `out` and return None."""
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise TokenizerError(f"GGUF tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported; "
+                             "pocketgpt reads byte-level BPE ('gpt2') vocabularies")
+    pre = meta.get("tokenizer.ggml.pre", "gpt-2")
+    if pre not in PRE_PATTERNS:
+        raise TokenizerError(f"GGUF pre-tokenizer {pre!r} is not supported; known: {', '.join(PRE_PATTERNS)}")
+    tokens, merges = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"]
+    types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    tok = ours_if_it_fits(tokens, types, merges, pre)
+    if tok is None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / HF_TOKENIZER_FILE, json.dumps(hf_tokenizer_json(tokens, types, merges, pre),
+                                                          ensure_ascii=False))
+    return tok
+
+
+def ours_if_it_fits(tokens: list[str], types: list[int], merges: list[str], pre: str):
+    """A `Tokenizer` with exactly the file's ids, or None when they are not [bytes + merges | specials]."""
+    from pocketgpt.text.bpe import Tokenizer
+    from pocketgpt.text.bpe_files import bytes_to_unicode, from_unicode
+
+    n = sum(1 for t in types if t == NORMAL)
+    if any(t != NORMAL for t in types[:n]) or not set(bytes_to_unicode().values()) <= set(tokens[:n]):
+        return None
+    ranks = {from_unicode(tok, "tokenizer.ggml.tokens"): i for i, tok in enumerate(tokens[:n])}
+    vocab = {tok: i for i, tok in enumerate(tokens[:n])}
+    pairs = [m.split(" ") for m in merges]
+    first = n - len(pairs)
+    if any(vocab.get(a + b) != first + k for k, (a, b) in enumerate(pairs)):
+        return None  # tiktoken merges by the merged token's id, so ids must follow merge order
+    pattern, pat = PRE_PATTERNS[pre]
+    specials = {tokens[i]: i for i in range(n, len(tokens))}
+    return Tokenizer(ranks, specials, pattern=pattern, pat_str=pat,
+                     merges=[(vocab[a], vocab[b]) for a, b in pairs], name="gguf")
+
+
+def hf_tokenizer_json(tokens: list[str], types: list[int], merges: list[str], pre: str) -> dict[str, Any]:
+    """The vocabulary as a Hugging Face `tokenizers` JSON: split by the regex, map bytes to GPT-2's
+    unicode stand-ins, BPE; control tokens are also added tokens (matched whole, never split)."""
+    specials = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                 "normalized": False, "special": True} for i, (t, ty) in enumerate(zip(tokens, types, strict=True))
+                if ty != NORMAL]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": specials, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": PRE_PATTERNS[pre][1]}, "behavior": "Isolated", "invert": False},
+            byte_level]},
+        "post_processor": None, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)},
+                  "merges": merges},
+    }
