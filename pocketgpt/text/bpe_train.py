@@ -5,9 +5,12 @@ Start from the 256 single bytes; repeatedly find the most frequent adjacent pair
 inside pre-tokens and replace it by a new token. Pure Python, made fast by three ideas:
 
 1. count each distinct pre-token once (with its frequency) instead of walking the corpus;
-2. keep pair counts and, per pair, the set of words that contain it, and after a merge
-   recount only those words;
-3. a max-heap of (count, pair) with lazy invalidation: stale entries are fixed when popped.
+2. keep pair counts and, per pair, the set of words that contain it; after a merge visit only
+   those words and patch only the pairs next to each merged occurrence;
+3. a max-heap of (count, pair) with lazy invalidation: stale entries are fixed when popped;
+4. a word is a `str` with one character per token id (chr(id)), so finding a pair and
+   replacing it are C loops (`str.find`, `str.replace`, both left to right, non-overlapping:
+   exactly BPE's greedy merge).
 
 Tie rule (deterministic): the highest count wins; among equal counts the pair with the smallest
 (left id, right id) wins, i.e. the pair of the older tokens. A merge whose bytes already exist
@@ -29,6 +32,7 @@ Pair = tuple[int, int]
 # building and hashing a tuple, and the int order is the (a, b) order, so ties still go to
 # the smallest (a, b).
 K = 1 << 21
+MAX_ID = 0x10FFFF  # the largest code point: ids are stored as characters
 
 
 def train_merges(word_counts: dict[bytes, int], n_merges: int, *, progress: bool = True) -> list[Pair]:
@@ -37,9 +41,9 @@ def train_merges(word_counts: dict[bytes, int], n_merges: int, *, progress: bool
     `word_counts` maps each distinct pre-token (UTF-8 bytes) to its frequency. Returns fewer
     merges only if the corpus runs out of pairs.
     """
-    if 256 + n_merges >= K:
-        raise ValueError(f"at most {K - 256} merges")
-    words = [list(w) for w in word_counts]
+    if 256 + n_merges > MAX_ID:
+        raise ValueError(f"at most {MAX_ID - 255} merges")
+    words = [w.decode("latin-1") for w in word_counts]  # byte b -> chr(b): one char per token
     freqs = list(word_counts.values())
     pair_counts, where = _count_pairs(words, freqs)
     heap = [(-c, p) for p, c in pair_counts.items()]
@@ -72,12 +76,13 @@ def train_merges(word_counts: dict[bytes, int], n_merges: int, *, progress: bool
     return merges
 
 
-def _count_pairs(words: list[list[int]], freqs: list[int]) -> tuple[dict[int, int], dict[int, set[int]]]:
+def _count_pairs(words: list[str], freqs: list[int]) -> tuple[dict[int, int], dict[int, set[int]]]:
     """Weighted counts of adjacent pairs, and for each pair the indices of words holding it."""
     pair_counts: dict[int, int] = defaultdict(int)
     where: dict[int, set[int]] = defaultdict(set)
     for i, (w, f) in enumerate(zip(words, freqs, strict=True)):
-        for a, b in zip(w, w[1:], strict=False):
+        ids = w.encode("latin-1")  # iterating bytes yields the ids as ints
+        for a, b in zip(ids, ids[1:], strict=False):
             pair_counts[a * K + b] += f
             where[a * K + b].add(i)
     return pair_counts, where
@@ -86,62 +91,42 @@ def _count_pairs(words: list[list[int]], freqs: list[int]) -> tuple[dict[int, in
 def _apply_merge(
     pair: Pair,
     new_id: int,
-    words: list[list[int]],
+    words: list[str],
     freqs: list[int],
     pair_counts: dict[int, int],
     where: dict[int, set[int]],
 ) -> set[int]:
-    """Replace `pair` by `new_id` in the words that hold it, patching the counts of only the
-    neighbouring pairs. Returns the pairs whose count went up (they all contain `new_id`)."""
-    key = pair[0] * K + pair[1]
-    grown: list[int] = []
-    for i in where.pop(key, ()):
-        n_before = len(grown)
-        new = _merge_word(words[i], pair, new_id, freqs[i], pair_counts, grown)
-        if new is not None:  # else stale membership: an earlier merge already took the pair
-            words[i] = new
-            for p in grown[n_before:]:
-                where[p].add(i)
-    pair_counts.pop(key, None)  # greedy left-to-right merging leaves no (a, b) behind
-    return set(grown)
-
-
-def _merge_word(
-    w: list[int], pair: Pair, new_id: int, f: int, pair_counts: dict[int, int], grown: list[int]
-) -> list[int] | None:
-    """`w` with every non-overlapping `pair`, left to right, replaced by `new_id`, or None if
-    there is none. Each merge turns (left, a) into (left, new) and (b, right) into (new, right);
-    `left` is read from the *new* word so that "a b a b" counts (new, new), not (new, a).
-    The pairs that gained count are appended to `grown`."""
+    """Replace every non-overlapping (a, b), left to right, by `new_id` in the words that hold
+    it, patching the counts of only the pairs next to each occurrence: (left, a) becomes
+    (left, new) and (b, right) becomes (new, right). When two occurrences touch ("a b a b") the
+    left neighbour is already the new token, so we count (new, new), not (new, a).
+    Returns the pairs whose count went up (all hold `new_id`). This loop is the hot spot of
+    training, hence one flat function."""
     a, b = pair
-    bk, nk = b * K, new_id * K
-    out: list[int] = []
-    n = len(w)
-    start = j = 0
-    index, push = w.index, grown.append  # bound once: this loop runs millions of times
-    todo = w.count(a)  # counting first avoids a ValueError at the end of every scan
-    while todo:
-        j = index(a, j)  # C-speed scan to the next candidate
-        todo -= 1
-        if j + 1 < n and w[j + 1] == b:
-            todo -= a == b  # the b we consume was one of the a's still to visit
-            if j > start:
-                out += w[start:j]
-            if out:
-                left = out[-1] * K
+    key, bk, nk = a * K + b, b * K, new_id * K
+    target, new_char = chr(a) + chr(b), chr(new_id)
+    grown: set[int] = set()
+    for i in where.pop(key, ()):
+        w = words[i]
+        j = w.find(target)  # C-speed scan straight to the next occurrence
+        if j < 0:  # stale membership: an earlier merge already took the pair from this word
+            continue
+        f, n, end = freqs[i], len(w), -1
+        while j >= 0:
+            if j:
+                left = nk if j == end else ord(w[j - 1]) * K
                 pair_counts[left + a] -= f
                 pair_counts[left + new_id] += f
-                push(left + new_id)
-            if j + 2 < n:
-                right = w[j + 2]
+                grown.add(left + new_id)
+                where[left + new_id].add(i)
+            end = j + 2
+            if end < n:
+                right = ord(w[end])
                 pair_counts[bk + right] -= f
                 pair_counts[nk + right] += f
-                push(nk + right)
-            out.append(new_id)
-            start = j = j + 2
-        else:
-            j += 1
-    if start == 0:
-        return None
-    out += w[start:]
-    return out
+                grown.add(nk + right)
+                where[nk + right].add(i)
+            j = w.find(target, end)
+        words[i] = w.replace(target, new_char)  # the same greedy left-to-right merge, in C
+    pair_counts.pop(key, None)  # greedy merging leaves no (a, b) behind
+    return grown
