@@ -24,11 +24,12 @@ PROMPTS = ["The lazy fox jumps over the dog.", "春眠不觉晓，处处闻啼�
 CONFIGS = {
     "gpt2": ModelConfig(vocab_size=320, block_size=64, n_layer=2, n_head=2, d_model=64),
     "llama": get_preset("tiny-llama").replace(vocab_size=320, block_size=64, n_layer=2, d_model=64, n_head=4,
-                                              n_kv_head=2, d_ff=96, head_dim=None, rope_theta=1000.0),
+                                              n_kv_head=2, d_ff=96, head_dim=None, rope_theta=1000.0,
+                                              tie_embeddings=False),
 }
 # max |logit difference| vs llama.cpp (CPU, fp32 KV cache). f32 is not bit-exact: ggml's GELU reads an
 # fp16 lookup table. f16/q8_0 add weight rounding; the greedy next token must still agree.
-ATOL = {"f32": 1e-3, "f16": 2e-2, "q8_0": 0.25}
+ATOL = {"f32": 1e-3, "f16": 1e-2, "q8_0": 0.1}
 
 
 @pytest.fixture(scope="module")
