@@ -55,6 +55,8 @@ def test_wikipedia_example_first_merges():
     # (97, 98) wins -> Y; then ZY (2) -> X, giving "XdXac" as in the Wikipedia article.
     merges = train_merges({b"aaabdaaabac": 1}, 3, progress=False)
     assert merges == [(97, 97), (97, 98), (256, 257)]
+    tok = Tokenizer.train("aaabdaaabac", 256 + 3 + 1, progress=False)
+    assert tok.merges == merges and tok.encode("aaabac") == [258, 97, 99]  # docs/tokenizer.md
 
 
 def test_frequencies_weight_the_pairs():
