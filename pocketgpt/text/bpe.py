@@ -171,6 +171,8 @@ class Tokenizer:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """The bytes of `ids` (a list, or a 1-D tensor / array of ints)."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # the Rust core wants Python ints
         self._check_ids(ids)
         return self._enc.decode_bytes(ids)
 

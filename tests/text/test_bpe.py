@@ -83,6 +83,14 @@ def test_decode_partial_character_and_bad_ids(gpt2):
         gpt2.token_bytes(-1)
 
 
+def test_decode_accepts_tensors_and_arrays(gpt2):
+    import numpy as np
+    import torch
+
+    ids = gpt2.encode("床前明月光")
+    assert gpt2.decode(torch.tensor(ids)) == gpt2.decode(np.array(ids)) == "床前明月光"
+
+
 def test_encode_batch(trained):
     assert trained.encode_batch(SAMPLES) == [trained.encode(s) for s in SAMPLES]
 
