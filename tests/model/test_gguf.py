@@ -134,3 +134,43 @@ def test_export_refuses_untokenized_model(tmp_path):
     save_model(GPT(CONFIGS["gpt2"]), tmp_path / "m")
     with pytest.raises(TokenizerError, match="no tokenizer"):
         export_gguf(tmp_path / "m", tmp_path / "m.gguf")
+
+
+def _blocks_reference(raw: np.ndarray, kind: str) -> np.ndarray:
+    """ggml's block formats decoded by hand (ggml-common.h): an fp16 scale d (and min m for Q4_1), then
+    32 weights as 4-bit nibbles (low nibbles are weights 0..15, high nibbles 16..31) or int8."""
+    block_bytes, head = {"Q4_0": (18, 2), "Q4_1": (20, 4), "Q8_0": (34, 2)}[kind]
+    blocks = raw.reshape(raw.shape[0], -1, block_bytes)  # (rows, nblocks, bytes per block)
+    d = blocks[..., 0:2].copy().view(np.float16).astype(np.float32)  # (rows, nblocks, 1)
+    if kind == "Q8_0":
+        return (blocks[..., 2:].copy().view(np.int8) * d).reshape(raw.shape[0], -1)
+    qs = blocks[..., head:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float32)  # (rows, nblocks, 32)
+    w = (q - 8) * d if kind == "Q4_0" else q * d + blocks[..., 2:4].copy().view(np.float16).astype(np.float32)
+    return w.reshape(raw.shape[0], -1)
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0", "F16"])
+def test_dequantize_matches_block_formula(tmp_path, kind):
+    from gguf import GGUFReader
+
+    from pocketgpt.model.gguf_import import dequantize
+
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    w = gguf.GGUFWriter(str(tmp_path / "t.gguf"), "gpt2")
+    qtype = getattr(gguf.GGMLQuantizationType, kind)
+    if kind == "F16":
+        w.add_tensor("t", x.astype(np.float16))
+    else:
+        q = gguf.quants.quantize(x, qtype)
+        w.add_tensor("t", q, raw_shape=q.shape, raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    t = GGUFReader(str(tmp_path / "t.gguf")).tensors[0]
+    got = dequantize(t)
+    assert got.shape == (3, 64) and got.dtype == torch.float32
+    want = x.astype(np.float16).astype(np.float32) if kind == "F16" else _blocks_reference(np.asarray(t.data), kind)
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert np.abs(got.numpy() - x).max() < {"Q4_0": 0.5, "Q4_1": 0.5, "Q8_0": 0.05, "F16": 1e-3}[kind]
