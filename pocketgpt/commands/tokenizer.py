@@ -90,7 +90,9 @@ def decode(args: argparse.Namespace) -> int:
         try:
             ids = json.loads(raw) if raw.startswith("[") else [int(x) for x in raw.split()]
         except ValueError:
-            raise DataError(f"{args.file}: expected token ids as a JSON list or separated by spaces") from None
+            ids = None
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise DataError(f"{args.file}: expected token ids as a JSON list or separated by spaces")
     if not ids:
         raise TokenizerError("no token ids: give them as arguments or use --file PATH")
     text = load_tokenizer(args.tokenizer).decode(ids)

@@ -45,7 +45,10 @@ def test_bad_inputs_are_one_line_errors(cli, tmp_path):
     bad.write_bytes(b"hello \xff world")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
+    bad_ids = tmp_path / "ids.json"
+    bad_ids.write_text('["a"]')
     cases = [
+        (["tokenizer", "decode", "--file", str(bad_ids)], "expected token ids"),
         (["tokenizer", "encode", "--tokenizer", "gpt7", "x"], "unknown tokenizer"),
         (["tokenizer", "encode", "--tokenizer", str(tmp_path), "x"], "no tokenizer files"),
         (["tokenizer", "train", "--corpus", str(bad), "--out", str(tmp_path / "t")], "byte offset 6"),
