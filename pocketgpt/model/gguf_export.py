@@ -21,7 +21,8 @@ import torch
 
 from pocketgpt.atomic import atomic_path
 from pocketgpt.config import ModelConfig
-from pocketgpt.errors import ConfigMismatch, TokenizerError
+from pocketgpt.errors import ConfigMismatch
+from pocketgpt.model.gguf_vocab import vocab_from_hf_json, vocab_from_tokenizer, write_vocab
 
 QUANTS = ("f32", "f16", "q8_0")
 # ours (within blocks.N.) -> llama.cpp (within blk.N.); the llama flavour splits attn.qkv into q/k/v
@@ -30,8 +31,6 @@ LAYER_NAMES = {
     "mlp.fc": "ffn_up", "mlp.gate": "ffn_gate", "mlp.proj": "ffn_down",
 }
 TOP_NAMES = {"tok_emb": "token_embd", "pos_emb": "position_embd", "ln_f": "output_norm", "lm_head": "output"}
-# our pre-tokenizer regex name -> the `tokenizer.ggml.pre` whose regex llama.cpp applies (same splits)
-PRE_NAMES = {"gpt2": "gpt-2", "cl100k": "llama-bpe"}
 
 
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, quant: str = "f32") -> Path:
@@ -43,15 +42,16 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike, quant: str
     if quant not in QUANTS:
         raise ConfigMismatch(f"--quant {quant!r} is not supported; use one of {', '.join(QUANTS)}")
     model, tok = load_model(model_dir)
-    if tok is None:
-        raise TokenizerError(f"{model_dir}: no tokenizer files; a GGUF file must carry its vocabulary "
-                             "(save the model with its tokenizer)")
     c = model.config
     arch = _check_arch(c)
+    vocab = vocab_from_tokenizer(tok, c) if tok is not None else vocab_from_hf_json(Path(model_dir), c)
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
         _write_hparams(w, c, arch, quant)
-        _write_tokenizer(w, tok)
+        write_vocab(w, vocab)
+        template = Path(model_dir) / str(c.extra.get("chat_template", ""))
+        if template.is_file():  # Ollama and llama.cpp's chat mode format conversations with it
+            w.add_chat_template(template.read_text(encoding="utf-8"))
         for name, t in gguf_tensors(model.state_dict(), c, arch).items():
             _add_tensor(w, name, t, quant)
         w.write_header_to_file()
@@ -90,31 +90,6 @@ def _write_hparams(w, c: ModelConfig, arch: str, quant: str) -> None:
         w.add_key_length(c.head_dim)
         w.add_value_length(c.head_dim)
         w.add_vocab_size(c.vocab_size)
-
-
-def _write_tokenizer(w, tok) -> None:
-    """Tokens as GPT-2 byte-unicode strings by id, their types, merges in rank order, special ids."""
-    from pocketgpt.text.bpe_files import to_unicode
-
-    if tok.pattern not in PRE_NAMES:
-        raise TokenizerError(f"tokenizer pattern {tok.pattern!r} has no llama.cpp pre-tokenizer; "
-                             f"export tokenizers trained with --pattern {' or '.join(PRE_NAMES)}")
-    tokens = [""] * tok.vocab_size
-    types = [1] * tok.vocab_size  # 1 = normal, 3 = control (llama.cpp's llama_token_type)
-    for b, i in tok.ranks.items():
-        tokens[i] = to_unicode(b)
-    for s, i in tok.special_tokens.items():
-        tokens[i], types[i] = s, 3
-    id_to_str = {i: tokens[i] for i in range(len(tok.ranks))}
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(PRE_NAMES[tok.pattern])
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges([f"{id_to_str[a]} {id_to_str[b]}" for a, b in tok.merges])
-    w.add_add_bos_token(False)
-    if "<|endoftext|>" in tok.special_tokens:
-        w.add_bos_token_id(tok.special_tokens["<|endoftext|>"])
-        w.add_eos_token_id(tok.special_tokens["<|endoftext|>"])
 
 
 def gguf_tensors(sd: dict[str, torch.Tensor], c: ModelConfig, arch: str) -> dict[str, torch.Tensor]:

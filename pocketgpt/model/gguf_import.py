@@ -52,6 +52,7 @@ def import_gguf(path: str | os.PathLike, out: str | os.PathLike) -> Path:
     model.load_state_dict(sd, strict=False)
     out = Path(out)
     tok = save_gguf_tokenizer(meta, out)
+    config.extra["gguf_pre"] = meta.get("tokenizer.ggml.pre", "gpt-2")
     if meta.get("tokenizer.chat_template"):
         atomic_write(out / CHAT_TEMPLATE_FILE, meta["tokenizer.chat_template"])
         config.extra["chat_template"] = CHAT_TEMPLATE_FILE

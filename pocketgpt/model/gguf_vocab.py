@@ -15,6 +15,7 @@ transformers read. Knows nothing of tensors.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from pocketgpt.text.bpe_pretokenize import CL100K_PATTERN, GPT2_PATTERN
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 HF_TOKENIZER_FILE = "tokenizer.json"
-NORMAL = 1
+NORMAL, CONTROL = 1, 3  # llama.cpp's llama_token_type
 # llama.cpp pre-tokenizer name -> one regex with the same splits. "smollm" isolates every digit before
 # the GPT-2 rules (llama.cpp runs \p{N} first), which is GPT-2's pattern with \p{N} taken alone.
 PRE_PATTERNS = {
@@ -32,6 +33,70 @@ PRE_PATTERNS = {
     "llama-bpe": ("cl100k", CL100K_PATTERN),
     "smollm": ("custom", GPT2_PATTERN.replace(r" ?\p{N}++", r"\p{N}")),
 }
+# our pattern name -> the `tokenizer.ggml.pre` whose regex llama.cpp applies (the same splits)
+PRE_NAMES = {"gpt2": "gpt-2", "cl100k": "llama-bpe"}
+
+
+@dataclass
+class GGUFVocab:
+    """A vocabulary as GGUF stores it: token strings by id, their types, merges by priority."""
+
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    pre: str
+    bos_id: int
+    eos_id: int
+
+
+def vocab_from_tokenizer(tok, config) -> GGUFVocab:
+    """Our `Tokenizer` (ids unchanged; specials become control tokens); bos/eos from the config, else
+    `<|endoftext|>`."""
+    from pocketgpt.text.bpe_files import to_unicode
+
+    if tok.pattern not in PRE_NAMES:
+        raise TokenizerError(f"tokenizer pattern {tok.pattern!r} has no llama.cpp pre-tokenizer; "
+                             f"export tokenizers trained with --pattern {' or '.join(PRE_NAMES)}")
+    tokens, types = [""] * tok.vocab_size, [NORMAL] * tok.vocab_size
+    for b, i in tok.ranks.items():
+        tokens[i] = to_unicode(b)
+    for text, i in tok.special_tokens.items():
+        tokens[i], types[i] = text, CONTROL
+    eot = tok.special_tokens.get("<|endoftext|>", -1)
+    return GGUFVocab(tokens, types, [f"{tokens[a]} {tokens[b]}" for a, b in tok.merges], PRE_NAMES[tok.pattern],
+                     config.bos_id if config.bos_id >= 0 else eot, config.eos_id if config.eos_id >= 0 else eot)
+
+
+def vocab_from_hf_json(model_dir: Path, config) -> GGUFVocab:
+    """The `tokenizer.json` a GGUF import wrote (pre-tokenizer name kept in config.extra["gguf_pre"])."""
+    path = model_dir / HF_TOKENIZER_FILE
+    if not path.is_file() or config.extra.get("gguf_pre") not in PRE_PATTERNS:
+        raise TokenizerError(f"{model_dir}: no tokenizer files; a GGUF file must carry its vocabulary "
+                             "(save the model with its tokenizer)")
+    d = json.loads(path.read_text(encoding="utf-8"))
+    vocab = d["model"]["vocab"]
+    tokens = [""] * len(vocab)
+    for text, i in vocab.items():
+        tokens[i] = text
+    types = [NORMAL] * len(tokens)
+    for added in d["added_tokens"]:
+        types[added["id"]] = CONTROL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in d["model"]["merges"]]
+    return GGUFVocab(tokens, types, merges, config.extra["gguf_pre"], config.bos_id, config.eos_id)
+
+
+def write_vocab(w, v: GGUFVocab) -> None:
+    """The tokenizer.ggml.* keys llama.cpp's BPE ("gpt2") tokenizer reads."""
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(v.pre)
+    w.add_token_list(v.tokens)
+    w.add_token_types(v.types)
+    w.add_token_merges(v.merges)
+    w.add_add_bos_token(False)
+    if v.bos_id >= 0:
+        w.add_bos_token_id(v.bos_id)
+    if v.eos_id >= 0:
+        w.add_eos_token_id(v.eos_id)
 
 
 def save_gguf_tokenizer(meta: dict[str, Any], out: Path):

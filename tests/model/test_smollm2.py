@@ -82,3 +82,27 @@ def test_logits_match_transformers(smol, hf_tok):
         idx = torch.tensor([hf_tok.encode(TEXTS[kind], add_special_tokens=False)])
         with torch.no_grad():
             torch.testing.assert_close(ours(idx), theirs(idx).logits, atol=1e-3, rtol=0)
+
+
+def test_reexport_gguf_runs_in_llama_cpp(smol, tmp_path):
+    """import -> export f32 GGUF -> llama.cpp: same ids (from the carried-over vocabulary), same logits."""
+    import numpy as np
+
+    from pocketgpt.model.gguf_export import export_gguf
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    _, out = smol
+    export_gguf(out, tmp_path / "smol.f32.gguf", "f32")
+    ours, _ = load_model(out)
+    ours_tok = tokenizers.Tokenizer.from_file(str(out / HF_TOKENIZER_FILE))
+    llm = llama_cpp.Llama(str(tmp_path / "smol.f32.gguf"), n_ctx=128, n_threads=2, logits_all=True, verbose=False,
+                          type_k=0, type_v=0)
+    assert "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
+    for kind in ("english", "chinese", "chat"):
+        ids = llm.tokenize(TEXTS[kind].encode("utf-8"), add_bos=False, special=True)
+        assert ids == ours_tok.encode(TEXTS[kind]).ids
+        llm.reset()
+        llm.eval(ids)
+        theirs = torch.from_numpy(np.array(llm.scores[: len(ids)]))  # (T, V)
+        with torch.no_grad():
+            torch.testing.assert_close(theirs, ours(torch.tensor([ids]))[0], atol=1e-3, rtol=0)
