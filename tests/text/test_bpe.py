@@ -63,6 +63,10 @@ def test_round_trip_any_unicode(trained, text):
     assert trained.decode(trained.encode(text)) == expected
 
 
+def test_lone_surrogates_become_replacement_characters(trained):
+    assert trained.encode("a\ud800b") == trained.encode("a\ufffdb")
+
+
 def test_specials(trained):
     eot = trained.eot_id
     assert trained.encode("a<|endoftext|>b")[1] == eot
