@@ -215,5 +215,8 @@ def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
         save_file(state_dict_to_hf(unique_state_dict(model), c), str(tmp), metadata={"format": "pt"})
     if tok is not None:
         bpe_files.write_gpt2(out, tok.ranks, tok.special_tokens, tok.merges)
+    for name in ("tokenizer.json", str(c.extra.get("chat_template", ""))):  # an imported vocabulary, template
+        if name and (Path(model_dir) / name).is_file():
+            atomic_write(out / name, (Path(model_dir) / name).read_bytes())
     atomic_write(out / "config.json", json.dumps(hf_config, indent=2) + "\n")
     return out

@@ -106,3 +106,17 @@ def test_reexport_gguf_runs_in_llama_cpp(smol, tmp_path):
         theirs = torch.from_numpy(np.array(llm.scores[: len(ids)]))  # (T, V)
         with torch.no_grad():
             torch.testing.assert_close(theirs, ours(torch.tensor([ids]))[0], atol=1e-3, rtol=0)
+
+
+def test_export_hf_loads_as_llama(smol, hf_tok, tmp_path):
+    from pocketgpt.model.hf import export_hf
+
+    _, out = smol
+    export_hf(out, tmp_path / "hf")
+    theirs = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "hf" / HF_TOKENIZER_FILE))
+    ours, _ = load_model(out)
+    idx = torch.tensor([fast.encode(TEXTS["chinese"])])
+    assert idx[0].tolist() == hf_tok.encode(TEXTS["chinese"], add_special_tokens=False)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx).logits, ours(idx), atol=1e-4, rtol=0)
