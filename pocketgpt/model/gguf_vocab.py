@@ -1,4 +1,4 @@
-"""The vocabulary inside a GGUF file -> tokenizer files in our model directory.
+"""The vocabulary inside a GGUF file <-> tokenizer files in our model directory.
 
 A GGUF "gpt2"-model tokenizer is a list of tokens by id (GPT-2 byte-to-unicode strings), a token type
 per id (1 normal, 3 control, 4 user-defined), BPE merges in priority order and a pre-tokenizer
@@ -9,7 +9,7 @@ that way (every pocketgpt export) becomes our tokenizer files. Many real vocabul
 SmolLM2 puts its 17 special tokens at ids 0..16 and leaves out 21 bytes that never occur in UTF-8
 text, and renumbering ids would change the model's embedding rows. Those are written unchanged as a
 Hugging Face `tokenizer.json` (same ids, same merges, same regex), which the `tokenizers` library and
-transformers read. Knows nothing of tensors.
+transformers read, and which export writes back into GGUF unchanged. Knows nothing of tensors.
 """
 
 from __future__ import annotations
