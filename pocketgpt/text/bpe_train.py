@@ -105,7 +105,8 @@ def _apply_merge(
     a, b = pair
     key, bk, nk = a * K + b, b * K, new_id * K
     target, new_char = chr(a) + chr(b), chr(new_id)
-    grown: set[int] = set()
+    # pairs holding new_id are brand new: collect their words here, hand them to `where` at the end
+    born: dict[int, set[int]] = defaultdict(set)
     for i in where.pop(key, ()):
         w = words[i]
         j = w.find(target)  # C-speed scan straight to the next occurrence
@@ -117,16 +118,15 @@ def _apply_merge(
                 left = nk if j == end else ord(w[j - 1]) * K
                 pair_counts[left + a] -= f
                 pair_counts[left + new_id] += f
-                grown.add(left + new_id)
-                where[left + new_id].add(i)
+                born[left + new_id].add(i)
             end = j + 2
             if end < n:
                 right = ord(w[end])
                 pair_counts[bk + right] -= f
                 pair_counts[nk + right] += f
-                grown.add(nk + right)
-                where[nk + right].add(i)
+                born[nk + right].add(i)
             j = w.find(target, end)
         words[i] = w.replace(target, new_char)  # the same greedy left-to-right merge, in C
     pair_counts.pop(key, None)  # greedy merging leaves no (a, b) behind
-    return grown
+    where.update(born)
+    return set(born)
