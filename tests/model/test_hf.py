@@ -105,3 +105,17 @@ def test_refuses_unsupported(tmp_path, tok):
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ConfigMismatch, match="model_type 'bert'"):
         import_hf(tmp_path / "bert", tmp_path / "out2")
+
+
+def test_cli_export_import_hf(tmp_path, tok, capsys):
+    import json
+
+    from pocketgpt.cli import main
+
+    save_model(_model(GPT2_TINY), tmp_path / "ours", tokenizer=tok)
+    assert main(["export", "hf", str(tmp_path / "ours"), str(tmp_path / "hf"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= set(report["files"])
+    assert main(["import", "hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    assert main(["import", "hf", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+    assert "no config.json" in capsys.readouterr().err
