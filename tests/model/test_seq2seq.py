@@ -132,3 +132,13 @@ def test_greedy_needs_bos_and_the_loss_ignores_minus_one():
     partial[:, 2:] = -1
     want = torch.nn.functional.cross_entropy(logits[:, :2].reshape(-1, 16), targets[:, :2].reshape(-1))
     torch.testing.assert_close(model(src, tgt, partial), want)
+
+
+def test_experts_replace_every_ffn_and_the_aux_loss_joins_the_loss():
+    model = _model(n_expert=2, moe_top_k=1).train()
+    assert all(hasattr(blk, "moe") for blk in [*model.encoder, *model.decoder])
+    src, tgt, targets = torch.randint(3, 16, (2, 5)), torch.randint(3, 16, (2, 4)), torch.randint(3, 16, (2, 4))
+    loss = model(src, tgt, targets)
+    ce = torch.nn.functional.cross_entropy(model.decode(tgt, model.encode(src)).flatten(0, 1), targets.flatten())
+    assert model.aux_loss().item() > 0
+    torch.testing.assert_close(loss, ce + 0.01 * model.aux_loss(), atol=1e-5, rtol=1e-5)
