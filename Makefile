@@ -32,8 +32,8 @@ demo: setup
 	$(PY) -m pocketgpt tokenizer train --vocab-size 2048 --out $(OUT)/tokenizer
 	$(PY) -m pocketgpt tokenizer show --tokenizer $(OUT)/tokenizer "It is a truth universally acknowledged. 床前明月光，疑是地上霜。"
 	$(PY) -m pocketgpt tokenizer show --tokenizer gpt2 "A journey of a thousand miles begins with a single step."
-	$(PY) -m pocketgpt ngram --n 3 --words --corpus austen --generate 40 --seed 1 --summary
-	$(PY) -m pocketgpt ngram --n 3 --corpus zh --generate 60 --seed 1 --summary
+	$(PY) -m pocketgpt ngram --n 3 --words --corpus austen --generate 40 --seed 1 --top 5
+	$(PY) -m pocketgpt ngram --n 3 --corpus zh --generate 60 --seed 1 --top 5
 	@echo
 	@echo "Next, try:"
 	@echo "  . $(VENV)/bin/activate"
