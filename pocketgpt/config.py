@@ -109,6 +109,11 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (derived fields recomputed unless given)."""
         d = dataclasses.asdict(self)
+        # a derived field that still holds its derived value follows its sources; one set explicitly stays
+        derived = {"n_kv_head": self.n_head, "d_ff": 4 * self.d_model, "head_dim": self.d_model // self.n_head}
+        for name, value in derived.items():
+            if name not in changes and d[name] == value:
+                d[name] = None
         d.update(changes)
         return ModelConfig(**d)
 

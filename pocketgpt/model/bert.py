@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pocketgpt.config import ModelConfig
 from pocketgpt.errors import ConfigMismatch
 from pocketgpt.model.attention import padding_mask
-from pocketgpt.model.blocks import Block, LearnedPositions, make_norm, sinusoidal_table
+from pocketgpt.model.blocks import Block, LearnedPositions, make_norm, normal_init, sinusoidal_table
 
 TYPE_VOCAB_SIZE = 2  # segment A / segment B (sentence pairs)
 
@@ -92,7 +92,7 @@ class BERT(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i, causal=False) for i in range(config.n_layer))
         self.ln_f = make_norm(config) if config.norm_placement == "pre" else nn.Identity()
         self.mlm = MLMHead(config)
-        self.apply(_init_weights)
+        self.apply(normal_init)  # BERT and GPT-2 share this initialisation
         if config.tie_embeddings:
             self.mlm.decoder.weight = self.tok_emb.weight
 
@@ -144,13 +144,3 @@ class BERT(nn.Module):
     def num_params(self) -> int:
         """Trainable parameters, counting the tied decoder matrix once."""
         return sum(p.numel() for p in self.parameters())
-
-
-def _init_weights(module: nn.Module) -> None:
-    """BERT's initialisation: N(0, 0.02) weights and embeddings, zero biases (norms keep ones/zeros)."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.Embedding, LearnedPositions)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -18,7 +18,7 @@ from pocketgpt.config import ModelConfig
 from pocketgpt.model.attention import KVCache, SelfAttention
 from pocketgpt.model.positions import LearnedPositions, RoPE, sinusoidal_table
 
-__all__ = ["LayerNorm", "RMSNorm", "make_norm", "FeedForward", "Block", "LearnedPositions", "RoPE",
+__all__ = ["LayerNorm", "RMSNorm", "make_norm", "normal_init", "FeedForward", "Block", "LearnedPositions", "RoPE",
            "sinusoidal_table"]
 
 
@@ -121,3 +121,14 @@ class Block(nn.Module):
             return x + self.ffn(self.ln2(x))
         x = self.ln1(x + self.attn(x, **kw))  # post-LN: normalise after each residual sum
         return self.ln2(x + self.ffn(x))
+
+
+def normal_init(module: nn.Module) -> None:
+    """GPT-2 / BERT initialisation: N(0, 0.02) for every weight matrix and embedding, zero biases
+    (norms keep their ones/zeros). Use as `model.apply(normal_init)`."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.Embedding, LearnedPositions)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pocketgpt.config import ModelConfig
 from pocketgpt.errors import ConfigMismatch
 from pocketgpt.model.attention import KVCache, padding_mask
-from pocketgpt.model.blocks import Block, LearnedPositions, make_norm, sinusoidal_table
+from pocketgpt.model.blocks import Block, LearnedPositions, make_norm, normal_init, sinusoidal_table
 from pocketgpt.model.positions import positions_from_mask
 
 
@@ -50,7 +50,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         if config.tie_embeddings:  # one matrix reads tokens in and scores them out (Press & Wolf 2017)
             self.lm_head.weight = self.tok_emb.weight
-        self.apply(_init_weights)
+        self.apply(normal_init)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections: GPT-2 scales them by 1/sqrt(2 n_layer)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -122,13 +122,3 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         """Trainable parameters, counting a tied matrix once."""
         return sum(p.numel() for p in self.parameters())
-
-
-def _init_weights(module: nn.Module) -> None:
-    """GPT-2 initialisation: N(0, 0.02) for every weight matrix and embedding, zero biases."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, (nn.Embedding, LearnedPositions)):
-        nn.init.normal_(module.weight, mean=0.0, std=0.02)
