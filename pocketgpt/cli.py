@@ -13,14 +13,20 @@ import sys
 from pocketgpt import __version__
 from pocketgpt.errors import PocketError
 
-# Verb groups, in the order of the recipe: data -> tokens -> baseline -> model -> ...
-COMMANDS = [
-    "data",
-    "tokenizer",
-    "ngram",
-    "model",
-    "interop",
-]
+# Verb groups are the modules of pocketgpt/commands/, found automatically (a new verb is a new module
+# with `register(sub)`); this list only fixes the order of the recipe in `--help`.
+ORDER = ["data", "clean", "tokenizer", "ngram", "train", "model", "eval", "interop"]
+
+
+def command_modules() -> list[str]:
+    """Names of the verb-group modules, in recipe order, then any others alphabetically."""
+    import pkgutil
+
+    import pocketgpt.commands as commands
+
+    found = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
+    return [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
+
 
 EXAMPLES = """\
 the recipe, step by step:
@@ -41,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pocketgpt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for name in COMMANDS:
+    for name in command_modules():
         importlib.import_module(f"pocketgpt.commands.{name}").register(sub)
     return parser
 
