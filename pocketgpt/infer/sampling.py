@@ -1,17 +1,67 @@
-"""Choosing the next token from a row of logits: greedy, temperature, top-k, top-p (nucleus).
+"""Choosing the next token from a row of logits: greedy, temperature, top-k, top-p, min-p, penalties.
 
+    logit bias:   add a fixed amount to chosen token ids (OpenAI's `logit_bias`)
+    repetition:   a seen token's logit is divided by r if positive, multiplied by r if negative
+                  (Keskar et al. 2019, CTRL, sec. 4.1); "seen" = prompt + generated, as `transformers` does
+    presence:     logit -= presence_penalty  if the token was generated at least once   (OpenAI API)
+    frequency:    logit -= frequency_penalty * (times the token was generated)          (OpenAI API)
     temperature:  softmax(logits / T); T -> 0 is greedy (argmax), T > 1 flattens the distribution
     top-k:        keep the k highest-scoring tokens (Fan et al. 2018)
     top-p:        keep the smallest set of tokens whose probability mass is >= p (Holtzman et al. 2019)
+    min-p:        keep tokens with probability >= min_p * (the top token's probability) (Nguyen et al. 2024)
 
 Filters work on logits and set the removed entries to -inf, so they compose in the usual order
-(temperature, then top-k, then top-p, as `transformers` applies them). Randomness comes only from
-the `torch.Generator` passed in, so a seed reproduces a sample. Knows nothing of models or caches.
+(bias and penalties, then temperature, then top-k, top-p, min-p). Randomness comes only from the
+`torch.Generator` passed in, so a seed reproduces a sample. Knows nothing of models, caches or text.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
+
+from pocketgpt.errors import DataError
+
+
+@dataclass
+class SamplingParams:
+    """Everything that decides how one request picks its tokens and when it stops."""
+
+    max_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0  # 1 = off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop_ids: tuple[int, ...] = ()  # a stop token ends the text and is not included
+    stop: tuple[str, ...] = ()  # stop strings (need a tokenizer): the text ends before the first one
+    seed: int | None = None  # same seed -> same tokens; None -> fresh entropy
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stop_ids, self.stop = tuple(self.stop_ids), tuple(self.stop)
+        problems = [msg for bad, msg in [
+            (self.max_tokens < 0, "max_tokens must be >= 0"),
+            (self.temperature < 0, "temperature must be >= 0"),
+            (self.top_k is not None and self.top_k < 0, "top_k must be >= 0"),
+            (self.top_p is not None and not 0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+            (self.min_p is not None and not 0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+            (self.repetition_penalty <= 0, "repetition_penalty must be > 0"),
+            (any(s == "" for s in self.stop), "stop strings must be non-empty"),
+        ] if bad]
+        if problems:
+            raise DataError("sampling parameters: " + "; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.repetition_penalty != 1.0 or self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -35,15 +85,58 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep tokens whose probability is >= min_p times the most likely token's. In log space:
+    logit >= max_logit + log(min_p), so no softmax is needed (the normaliser cancels)."""
+    if min_p <= 0.0:
+        return logits
+    threshold = logits.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(min_p, dtype=logits.dtype))
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def apply_penalties(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None,
+                    generated_counts: torch.Tensor | None) -> torch.Tensor:
+    """logits (V,) -> a penalised copy. `seen` (V,) bool: in prompt or output; `generated_counts` (V,):
+    how often each token was generated so far."""
+    logits = logits.float().clone()
+    for token, bias in params.logit_bias.items():
+        logits[token] += bias
+    r = params.repetition_penalty
+    if r != 1.0 and seen is not None:
+        scaled = torch.where(logits > 0, logits / r, logits * r)
+        logits = torch.where(seen, scaled, logits)
+    if generated_counts is not None and (params.presence_penalty or params.frequency_penalty):
+        counts = generated_counts.to(logits.dtype)
+        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature then top-k, top-p, min-p: (..., V) -> the logits whose softmax is sampled."""
+    logits = logits.float() / params.temperature
+    if params.top_k:
+        logits = filter_top_k(logits, params.top_k)
+    if params.top_p is not None:
+        logits = filter_top_p(logits, params.top_p)
+    if params.min_p is not None:
+        logits = filter_min_p(logits, params.min_p)
+    return logits
+
+
+def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> int:
+    """One row of (already penalised) logits (V,) -> the next token id, greedy or sampled."""
+    if params.greedy:
+        return int(logits.argmax())
+    probs = filter_logits(logits, params).softmax(dim=-1)  # (V,)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
 def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                top_p: float | None = None, min_p: float | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,). temperature 0 means greedy."""
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k:
-        logits = filter_top_k(logits, top_k)
-    if top_p is not None:
-        logits = filter_top_p(logits, top_p)
-    probs = logits.softmax(dim=-1)  # (B, V)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    probs = filter_logits(logits, params).softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)

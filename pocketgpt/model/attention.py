@@ -8,8 +8,9 @@ Two implementations of the same formula, which the tests hold equal (forward and
   - `sdpa_attention`: `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
     kernels on GPU); the path models take unless someone asks for the weights.
 Then the modules built on them: `SelfAttention` (fused qkv projection, grouped-query attention,
-optional RoPE, KV cache), `CrossAttention` (queries from the decoder, keys/values from the encoder)
-and `KVCache` (preallocated per-layer key/value buffers for generation).
+optional RoPE, KV cache), `CrossAttention` (queries from the decoder, keys/values from the encoder),
+`KVCache` (preallocated per-layer key/value buffers for generation) and `SlotKVCache` (the same, with
+a length per row, for continuous batching).
 
 Masks are boolean, True = may attend, shaped (B or 1, 1 or nh, Tq, Tk). Masked scores become -inf
 *before* the softmax so they get exactly zero weight; a row with nothing to attend to (a padding
@@ -127,6 +128,85 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+
+    @classmethod
+    def over(cls, k: torch.Tensor, v: torch.Tensor, pos: int = 0) -> KVCache:
+        """A cache over existing buffers (L, B, nkv, max_len, hs), e.g. one row of a `SlotKVCache`:
+        writes land in those buffers, nothing is allocated."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.max_len, cache.pos = k, v, k.size(3), pos
+        return cache
+
+
+class SlotKVCache:
+    """Continuous batching: `n_slots` preallocated rows, each a sequence with its *own* length.
+
+    A plain `KVCache` has one `pos` for the whole batch, so every row must be at the same step. Here
+    `lengths` (S,) holds each row's length; a decode step feeds one token per active row, writes its
+    key/value at that row's own position, and attends over the buffer with a mask `j <= lengths[b]`
+    (the pad-free analogue of left padding). Active rows are kept packed in slots 0..n-1 (a finished
+    row is replaced by the last one, `move`), so a step works on plain views `[:n]`, never a gather.
+    A prompt is prefilled through `row(i)`, a batch-1 `KVCache` view of slot i.
+    """
+
+    def __init__(self, n_layer: int, n_slots: int, n_kv_head: int, max_len: int, head_dim: int,
+                 *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        shape = (n_layer, n_slots, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, S, nkv, max_len, hs)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len, self.n_slots = max_len, n_slots
+        self.lengths = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,) positions written per row
+        self.lens = [0] * n_slots  # the same on the host, so no step waits on a device sync
+        self.n = 0  # active rows: slots 0..n-1
+        self._rows = torch.arange(n_slots, device=device)  # (S,)
+        self._span = torch.arange(max_len, device=device)  # (max_len,)
+
+    @property
+    def pos(self) -> int:
+        """The longest active row (what a context-length check needs)."""
+        return max(self.lens[: self.n], default=0)
+
+    def row(self, i: int) -> KVCache:
+        """Slot i as a batch-1 `KVCache` (views, positions continue at its length)."""
+        return KVCache.over(self.k[:, i : i + 1], self.v[:, i : i + 1], self.lens[i])
+
+    def set_length(self, i: int, n: int) -> None:
+        self.lens[i] = n
+        self.lengths[i] = n
+
+    def positions(self) -> torch.Tensor:
+        """(n, 1): where each active row's next token sits."""
+        return self.lengths[: self.n, None]
+
+    def step_mask(self) -> torch.Tensor:
+        """(n, 1, 1, Tk) bool over the first Tk = longest + 1 positions: row b sees j <= lengths[b]."""
+        tk = self.pos + 1
+        return (self._span[None, :tk] <= self.lengths[: self.n, None])[:, None, None, :]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one new k/v per active row (n, nkv, 1, hs) at that row's length; return keys/values
+        (n, nkv, Tk, hs) of the first Tk positions (rows shorter than Tk are masked by `step_mask`)."""
+        n, tk = self.n, self.pos + 1
+        if tk > self.max_len:
+            raise ValueError(f"KV cache full: {tk} positions > max_len {self.max_len}; build a larger cache")
+        rows, at = self._rows[:n], self.lengths[:n]
+        self.k[layer, rows, :, at] = k[:, :, 0]  # (n, nkv, hs) scattered to (row, :, length[row])
+        self.v[layer, rows, :, at] = v[:, :, 0]
+        return self.k[layer, :n, :, :tk], self.v[layer, :n, :, :tk]
+
+    def advance(self, n: int) -> None:
+        if n != 1:
+            raise ValueError("a SlotKVCache step feeds exactly one token per row; prefill through row(i)")
+        self.lengths[: self.n] += 1
+        for i in range(self.n):
+            self.lens[i] += 1
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy slot `src` (its filled prefix) into slot `dst`: keeps active rows packed."""
+        m = self.lens[src]
+        self.k[:, dst, :, :m] = self.k[:, src, :, :m]
+        self.v[:, dst, :, :m] = self.v[:, src, :, :m]
+        self.set_length(dst, m)
 
 
 # -- modules -------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from pocketgpt.config import ModelConfig
 from pocketgpt.errors import ConfigMismatch
-from pocketgpt.model.attention import KVCache, padding_mask
+from pocketgpt.model.attention import KVCache, SlotKVCache, padding_mask
 from pocketgpt.model.blocks import Block, LearnedPositions, make_norm, normal_init, sinusoidal_table
 from pocketgpt.model.positions import positions_from_mask
 
@@ -56,7 +56,8 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     # -- the recipe --------------------------------------------------------------------------------
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                cache: KVCache | SlotKVCache | None = None,
                 attention_mask: torch.Tensor | None = None, return_attention: bool = False):
         """idx (B, T) -> logits (B, T, V); with `targets` (B, T) -> scalar loss (-1 targets ignored).
 
@@ -75,15 +76,19 @@ class GPT(nn.Module):
             return logits, [blk.attn.last_weights for blk in self.blocks]
         return logits
 
-    def hidden(self, idx: torch.Tensor, *, cache: KVCache | None = None, attention_mask: torch.Tensor | None = None,
-               need_weights: bool = False) -> torch.Tensor:
-        """idx (B, T) -> final hidden states (B, T, C) after the final norm (the trunk heads read)."""
+    def hidden(self, idx: torch.Tensor, *, cache: KVCache | SlotKVCache | None = None,
+               attention_mask: torch.Tensor | None = None, need_weights: bool = False) -> torch.Tensor:
+        """idx (B, T) -> final hidden states (B, T, C) after the final norm (the trunk heads read).
+        With a `SlotKVCache`, idx is (n, 1): one new token per active row, each at its own position."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ConfigMismatch(f"sequence of {start + T} tokens exceeds the model's context "
                                  f"(block_size {self.config.block_size}); shorten the input")
-        positions, mask = self._positions_and_mask(idx, start, attention_mask)
+        if isinstance(cache, SlotKVCache):  # ragged rows: per-row positions, mask over each row's length
+            positions, mask = cache.positions(), cache.step_mask()  # (n, 1), (n, 1, 1, Tk)
+        else:
+            positions, mask = self._positions_and_mask(idx, start, attention_mask)
         x = self.tok_emb(idx)  # (B, T, C)
         if self.config.positions == "learned":
             x = x + self.pos_emb(positions)  # (B or 1, T, C) broadcast
@@ -112,12 +117,13 @@ class GPT(nn.Module):
         losses = [blk.moe.aux_loss for blk in self.blocks if hasattr(blk, "moe")]
         return torch.stack(losses).sum() if losses else torch.zeros((), device=self.tok_emb.weight.device)
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None, *, ragged: bool = False) -> KVCache | SlotKVCache:
         """An empty KV cache for `batch_size` rows of up to `max_len` (default block_size) positions,
-        in the model's dtype and device."""
+        in the model's dtype and device; `ragged=True` gives a `SlotKVCache` (a length per row)."""
         c, w = self.config, self.tok_emb.weight
-        return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len or c.block_size, c.head_dim,
-                       dtype=w.dtype, device=w.device)
+        kind = SlotKVCache if ragged else KVCache
+        return kind(c.n_layer, batch_size, c.n_kv_head, max_len or c.block_size, c.head_dim,
+                    dtype=w.dtype, device=w.device)
 
     def num_params(self) -> int:
         """Trainable parameters, counting a tied matrix once."""

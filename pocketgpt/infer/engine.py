@@ -1,0 +1,159 @@
+"""The one engine every user of a model generates through: CLI, server, PPO rollouts, evaluation.
+
+    engine = Engine(model, tokenizer)
+    handle = engine.submit(prompt_ids, SamplingParams(max_tokens=50, stop=("\\n\\n",)))
+    for delta in handle: print(delta, end="")        # text deltas, whole characters only
+    handle.result()                                  # -> Completion(tokens, text, finish_reason)
+
+`submit` is thread-safe: it queues a request and returns a `RequestHandle` at once. The work happens
+in `step()` (see `scheduler.py`), run either by a background thread (`start()`, what a server wants)
+or by the caller (`generate()` drives the steps itself when no thread runs). `cancel()` on a handle
+frees its slot at the next step. Knows nothing of HTTP or command lines.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pocketgpt.errors import DataError
+from pocketgpt.infer.sampling import SamplingParams
+from pocketgpt.infer.scheduler import Request, Scheduler
+
+
+@dataclass
+class Completion:
+    """What a generation produced: the new token ids, their text (with a tokenizer), and why it
+    stopped ("stop", "length" or "cancelled")."""
+
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    prompt_tokens: int = 0
+    text: str = ""
+
+
+class RequestHandle:
+    """The caller's side of one request: iterate it for text deltas; `cancel()`; `result()`."""
+
+    def __init__(self, req: Request) -> None:
+        self._req = req
+        self._deltas: queue.Queue[str | None] = queue.Queue()
+        self._done = threading.Event()
+        self._text: list[str] = []
+
+    def _on_event(self, req: Request, delta: str) -> None:  # called by the engine's stepping thread
+        if delta:
+            self._text.append(delta)
+            self._deltas.put(delta)
+        if req.finish_reason is not None:
+            self._done.set()
+            self._deltas.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while (delta := self._deltas.get()) is not None:
+            yield delta
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next step and the handle finishes as "cancelled"."""
+        self._req.cancelled = True
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self._req.tokens)
+
+    def result(self, timeout: float | None = None) -> Completion:
+        """Wait for the request to finish and return what it produced."""
+        if not self._done.wait(timeout):
+            raise TimeoutError("the request did not finish in time; is the engine stepping (engine.start())?")
+        r = self._req
+        return Completion(list(r.tokens), r.finish_reason or "length", len(r.prompt), "".join(self._text))
+
+
+class Engine:
+    """Continuous-batching generation over one model (and optionally its tokenizer, for text)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer=None, *, max_batch: int = 8,
+                 max_len: int | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.scheduler = Scheduler(model, max_batch=max_batch, max_len=max_len,
+                                   token_bytes=tokenizer.token_bytes if tokenizer is not None else None)
+        self._lock = threading.Lock()  # guards the waiting queue between submitters and the stepper
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- submitting --------------------------------------------------------------------------------
+    def submit(self, prompt: Sequence[int], params: SamplingParams | None = None) -> RequestHandle:
+        """Queue `prompt` (token ids) for generation; returns immediately with its handle."""
+        params = params or SamplingParams()
+        prompt = [int(t) for t in prompt]
+        self._check(prompt, params)
+        req = Request(prompt, params)
+        handle = RequestHandle(req)
+        req.on_event = handle._on_event
+        with self._wake:
+            self.scheduler.add(req)
+            self._wake.notify()
+        return handle
+
+    def _check(self, prompt: list[int], params: SamplingParams) -> None:
+        V, max_len = self.model.config.vocab_size, self.scheduler.max_len
+        if not prompt:
+            raise DataError("the prompt is empty; give at least one token (e.g. <|endoftext|> to start fresh)")
+        if len(prompt) >= max_len:
+            raise DataError(f"the prompt has {len(prompt)} tokens but the context is {max_len}; shorten the prompt")
+        if not all(0 <= t < V for t in [*prompt, *params.logit_bias]):
+            raise DataError(f"token ids must be in [0, {V}) for this model's vocabulary")
+        if params.stop and self.tokenizer is None:
+            raise DataError("stop strings need text: build the Engine with the model's tokenizer")
+
+    # -- stepping ----------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """One scheduler step (admit, decode one token per running request); False when idle."""
+        with self._lock:
+            if not self.scheduler.has_work():
+                return False
+            self.scheduler.step()
+            return True
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[Completion]:
+        """Generate for every prompt (different lengths welcome) and wait; batched by the scheduler."""
+        handles = [self.submit(p, params) for p in prompts]
+        if self._thread is None:
+            while not all(h.done for h in handles) and self.step():
+                pass
+        return [h.result() for h in handles]
+
+    def start(self) -> Engine:
+        """Run `step()` in a background thread until `stop()`; submitters just iterate their handles."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="pocketgpt-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.scheduler.has_work():
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                self.scheduler.step()

@@ -1,0 +1,149 @@
+"""Continuous batching: requests join and leave the running batch between decode steps.
+
+A static batch waits for its slowest sequence; here every decode step feeds one token for each
+running request, and between steps finished or cancelled requests leave and waiting ones join
+(Yu et al. 2022, "Orca": iteration-level scheduling). The rows live in one `SlotKVCache`, each with
+its own length, so a newcomer's prompt is prefilled into a free slot while the others keep going.
+
+    step():  drop cancelled  ->  admit waiting (prefill, first token)  ->  one batched decode step
+
+Each request keeps its own `SamplingParams`, generator, penalty counts and text stream. Single
+threaded by design: `engine.py` adds the locks, the background loop and the handles.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from pocketgpt.infer.sampling import SamplingParams, apply_penalties, pick
+from pocketgpt.infer.stream import TextStream
+
+
+@dataclass(eq=False)  # identity, not field-by-field: requests are looked up in lists
+class Request:
+    """One generation in flight: its prompt, settings, and everything it produced so far."""
+
+    prompt: list[int]
+    params: SamplingParams
+    on_event: Callable[[Request, str], None] = lambda req, delta: None  # new text (or "" on finish)
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop", "length" or "cancelled" once done
+    cancelled: bool = False
+    stream: TextStream | None = None
+    generator: torch.Generator | None = None
+    seen: torch.Tensor | None = None  # (V,) bool: tokens in the prompt or output (repetition penalty)
+    counts: torch.Tensor | None = None  # (V,) how often each token was generated (presence/frequency)
+    last: int = -1  # the token to feed at the next decode step
+
+
+class Scheduler:
+    """Runs the requests of one model in the slots of one `SlotKVCache`."""
+
+    def __init__(self, model: torch.nn.Module, *, max_batch: int = 8, max_len: int | None = None,
+                 token_bytes: Callable[[int], bytes] | None = None) -> None:
+        self.model = model
+        self.max_len = min(max_len or model.config.block_size, model.config.block_size)
+        self.cache = model.new_cache(max_batch, self.max_len, ragged=True)
+        self.token_bytes = token_bytes
+        self.device = model.tok_emb.weight.device
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # running[i] lives in cache slot i
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, req: Request) -> None:
+        """Prepare a request's sampling state and queue it (it joins at the next step with a free slot)."""
+        p, V = req.params, self.model.config.vocab_size
+        req.generator = torch.Generator(device=self.device)
+        req.generator.manual_seed(p.seed) if p.seed is not None else req.generator.seed()
+        if p.repetition_penalty != 1.0:
+            req.seen = torch.zeros(V, dtype=torch.bool, device=self.device)
+            req.seen[torch.tensor(req.prompt, device=self.device)] = True
+        if p.presence_penalty or p.frequency_penalty:
+            req.counts = torch.zeros(V, dtype=torch.long, device=self.device)
+        if self.token_bytes is not None:
+            req.stream = TextStream(self.token_bytes, p.stop)
+        self.waiting.append(req)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Drop cancelled requests, admit waiting ones into free slots, then decode one token for all."""
+        for i in reversed(range(len(self.running))):
+            if self.running[i].cancelled:
+                self._finish(self.running[i], "cancelled")
+        while self.waiting and len(self.running) < self.cache.n_slots:
+            self._admit(self.waiting.popleft())
+        if self.running:
+            self._decode()
+
+    def _admit(self, req: Request) -> None:
+        if req.cancelled or req.params.max_tokens == 0:
+            return self._done(req, "cancelled" if req.cancelled else "length")
+        i = len(self.running)
+        self.cache.n = i + 1
+        self.running.append(req)
+        row = self.cache.row(i)
+        row.pos = 0
+        logits = self.model(torch.tensor([req.prompt], device=self.device), cache=row)[0, -1]  # (V,) prefill
+        self.cache.set_length(i, len(req.prompt))
+        self._emit(req, logits)
+
+    def _decode(self) -> None:
+        """One token for every running row, in one forward (a plain batch-1 cache when alone)."""
+        n = len(self.running)
+        idx = torch.tensor([[r.last] for r in self.running], device=self.device)  # (n, 1)
+        if n == 1:  # no mask, no scatter: the batch-1 fast path
+            row = self.cache.row(0)
+            logits = self.model(idx, cache=row)[:, -1]  # (1, V)
+            self.cache.set_length(0, row.pos)
+        else:
+            logits = self.model(idx, cache=self.cache)[:, -1]  # (n, V)
+        for req, row_logits in zip(list(self.running), logits, strict=True):
+            self._emit(req, row_logits)
+
+    def _emit(self, req: Request, logits: torch.Tensor) -> None:
+        """Pick the next token from logits (V,), record it, and finish the request if it is done."""
+        p = req.params
+        if p.penalised:
+            logits = apply_penalties(logits, p, req.seen, req.counts)
+        token = pick(logits, p, req.generator)
+        if token in p.stop_ids:
+            return self._finish(req, "stop")
+        req.tokens.append(token)
+        req.last = token
+        if req.seen is not None:
+            req.seen[token] = True
+        if req.counts is not None:
+            req.counts[token] += 1
+        if req.stream is not None:
+            delta = req.stream.push(token)
+            if delta:
+                req.on_event(req, delta)
+            if req.stream.stopped:
+                return self._finish(req, "stop")
+        if len(req.tokens) >= p.max_tokens or self.cache.lens[self.running.index(req)] >= self.max_len:
+            self._finish(req, "length")
+
+    def _finish(self, req: Request, reason: str) -> None:
+        """Free the request's slot (the last running row moves into it) and report it done."""
+        i = self.running.index(req)
+        last = len(self.running) - 1
+        if i != last:
+            self.cache.move(last, i)
+            self.running[i] = self.running[last]
+        self.running.pop()
+        self.cache.n = len(self.running)
+        self._done(req, reason)
+
+    def _done(self, req: Request, reason: str) -> None:
+        if req.stream is not None and reason != "cancelled":
+            tail = req.stream.flush()
+            if tail:
+                req.on_event(req, tail)
+        req.finish_reason = reason
+        req.on_event(req, "")
