@@ -8,7 +8,14 @@ import torch
 from pocketgpt.config import ModelConfig
 from pocketgpt.errors import DataError
 from pocketgpt.infer.generate import generate
-from pocketgpt.infer.sampling import filter_top_k, filter_top_p, sample_next
+from pocketgpt.infer.sampling import (
+    SamplingParams,
+    apply_penalties,
+    filter_min_p,
+    filter_top_k,
+    filter_top_p,
+    sample_next,
+)
 from pocketgpt.model.gpt import GPT
 
 
@@ -82,3 +89,32 @@ def test_generate_stops_at_stop_id_and_at_context_end():
     assert len(full.tokens) == 7 and full.finish_reason == "length"
     with pytest.raises(DataError):
         generate(m, [], max_tokens=3)
+
+
+@pytest.mark.parametrize("min_p,want", [(0.0, {0, 1, 2, 3, 4}), (0.29, {0, 1, 2}), (0.31, {0, 1}), (1.0, {0})])
+def test_min_p_keeps_tokens_at_least_min_p_times_the_top(min_p, want):
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03], dtype=torch.float64)
+    assert _support(filter_min_p(probs.log(), min_p)) == want
+
+
+def test_penalties_change_exactly_the_right_logits():
+    logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0])
+    seen = torch.tensor([True, True, False, False, False])
+    counts = torch.tensor([0, 0, 2, 1, 0])
+    rep = apply_penalties(logits, SamplingParams(repetition_penalty=2.0), seen, counts)
+    assert rep.tolist() == [1.0, -2.0, 0.5, 3.0, 1.0]  # positive seen / 2, negative seen * 2
+    pf = apply_penalties(logits, SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), seen, counts)
+    assert pf.tolist() == [2.0, -1.0, 0.5 - 0.5 - 0.5, 3.0 - 0.25 - 0.5, 1.0]
+    bias = apply_penalties(logits, SamplingParams(logit_bias={1: 10.0, 4: -1.0}, repetition_penalty=2.0), seen, counts)
+    assert bias.tolist() == [1.0, 4.5, 0.5, 3.0, 0.0]  # bias first, then the penalty sees the biased logit
+    assert logits.tolist() == [2.0, -1.0, 0.5, 3.0, 1.0]  # the caller's row is untouched
+
+
+def test_penalties_steer_generation():
+    m = _tiny_gpt()
+    plain = generate(m, [1, 2, 3], max_tokens=12, temperature=0.0)
+    strong = generate(m, [1, 2, 3], max_tokens=12, temperature=0.0, frequency_penalty=100.0)
+    assert len(set(strong.tokens)) == 12  # every repeat is penalised out of reach
+    assert len(set(plain.tokens)) < 12
+    forced = generate(m, [1, 2, 3], max_tokens=5, temperature=0.0, logit_bias={7: 1000.0})
+    assert forced.tokens == [7] * 5
