@@ -1,6 +1,7 @@
-"""`pocketgpt model info` (how big, how costly) and `pocketgpt generate` (continue a prompt).
+"""`pocketgpt model info` (how big, how costly), `pocketgpt generate` (continue a prompt) and
+`pocketgpt predict` (the next-token distribution: the tutorials' "周一上班真的很 -> 爽 / 丧" view).
 
-Thin: parse, call `pocketgpt.model.info` / `pocketgpt.infer.generate`, print. Torch is imported
+Thin: parse, call `pocketgpt.model.info` / the inference engine (`pocketgpt.infer`), print. Torch is imported
 inside the handlers so `pocketgpt --help` stays fast.
 """
 
@@ -22,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context", type=int, default=None, help="context length for FLOPs and KV cache (default block_size)")
 
     p = add_verb(sub, "generate", help="continue a prompt with a model directory",
-                 example='pocketgpt generate runs/tiny/ "It is a truth" --max-tokens 50 --temperature 0.8 --seed 1',
+                 example='pocketgpt generate runs/tiny/ "It is a truth" --max-tokens 50 --temperature 0.8 --seed 1\n'
+                         'pocketgpt generate runs/zh/ "周一上班" --top-p 0.9 --stop "。" --frequency-penalty 0.5',
                  func=cmd_generate)
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a model directory (config.json + model.safetensors + tokenizer)")
     p.add_argument("prompt", help="the text to continue (empty = start from <|endoftext|>)")
@@ -30,7 +32,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; >1 more random (default 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with mass >= p")
+    p.add_argument("--min-p", type=float, default=None, help="drop tokens less likely than min_p x the top token")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already seen")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="subtract from tokens generated at least once")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="subtract per time a token was generated")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable); it is never printed")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible samples")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help="print text as it is generated (default: on for a terminal, off with --json)")
+
+    p = add_verb(sub, "predict", help="the next-token distribution after a prompt, as a table (and a chart)",
+                 example='pocketgpt predict runs/zh/ "周一上班真的很" --top 10 --plot next.png', func=cmd_predict)
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a model directory (config.json + model.safetensors + tokenizer)")
+    p.add_argument("prompt", help="the text whose next token to predict")
+    p.add_argument("--top", type=int, default=10, help="how many of the most likely tokens to show (default 10)")
+    p.add_argument("--temperature", type=float, default=1.0, help="show softmax(logits / T) (default 1.0)")
+    p.add_argument("--plot", metavar="PNG", default=None, help="also draw a bar chart into this PNG file")
 
 
 def _config_for(spec: str):
@@ -83,27 +101,132 @@ def _print_info(name: str, info: dict) -> None:
     Console().print(table)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from pocketgpt.infer.generate import generate
+def _load_with_tokenizer(model_dir: str):
     from pocketgpt.model.checkpoint import load_model
 
-    if args.max_tokens < 0 or (args.top_p is not None and not 0.0 < args.top_p <= 1.0):
-        raise DataError("--max-tokens must be >= 0 and --top-p in (0, 1]")
-    model, tok = load_model(args.model_dir)
+    model, tok = load_model(model_dir)
     if tok is None:
-        raise TokenizerError(f"{args.model_dir}: no tokenizer files in the model directory; "
+        raise TokenizerError(f"{model_dir}: no tokenizer files in the model directory; "
                              "save the model with its tokenizer (save_model(model, dir, tokenizer))")
+    return model, tok
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import sys
+
+    from pocketgpt.infer.engine import Engine
+    from pocketgpt.infer.sampling import SamplingParams
+
+    model, tok = _load_with_tokenizer(args.model_dir)
     eot = tok.special_tokens.get("<|endoftext|>")
-    stop = {i for i in (eot, model.config.eos_id) if i is not None and i >= 0}
+    stop_ids = tuple(i for i in (eot, model.config.eos_id) if i is not None and i >= 0)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                            presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                            stop_ids=stop_ids, stop=tuple(args.stop), seed=args.seed)
     prompt = tok.encode(args.prompt) if args.prompt else []
     if not prompt:
         if eot is None:
             raise TokenizerError("the prompt is empty and the tokenizer has no <|endoftext|> to start from")
         prompt = [eot]
-    out = generate(model, prompt, max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed, stop_ids=stop)
-    text = tok.decode(out.tokens)
-    obj = {"text": text, "tokens": out.tokens, "prompt_tokens": out.prompt_tokens,
+    engine = Engine(model, tok, max_batch=1,
+                    max_len=min(model.config.block_size, len(prompt) + args.max_tokens + 1))
+    handle = engine.submit(prompt, params)
+    stream = args.stream if args.stream is not None else (sys.stdout.isatty() and not args.json)
+    if stream and not args.json:
+        sys.stdout.write(args.prompt)
+        while engine.step():
+            for delta in handle.ready():
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+    else:
+        while engine.step():
+            pass
+    out = handle.result()
+    obj = {"text": out.text, "tokens": out.tokens, "prompt_tokens": out.prompt_tokens,
            "completion_tokens": len(out.tokens), "finish_reason": out.finish_reason, "seed": args.seed}
-    emit(args, obj, args.prompt + text)
+    if not stream or args.json:
+        emit(args, obj, args.prompt + out.text)
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from pocketgpt.infer.sampling import top_probs
+
+    if args.top <= 0 or args.temperature <= 0:
+        raise DataError("--top must be >= 1 and --temperature > 0")
+    model, tok = _load_with_tokenizer(args.model_dir)
+    prompt = tok.encode(args.prompt)
+    if not prompt:
+        raise DataError("the prompt is empty; give some text whose next token to predict")
+    prompt = prompt[-model.config.block_size:]  # the model sees at most its context
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt]))[0, -1]  # (V,)
+    rows = [{"token": _show(tok, i), "id": i, "prob": p} for i, p in top_probs(logits / args.temperature, args.top)]
+    obj = {"prompt": args.prompt, "prompt_tokens": len(prompt), "top": rows}
+    if args.plot:
+        obj["plot"], obj["font"] = str(args.plot), _plot(args.prompt, rows, args.plot)
+    emit(args, obj, lambda: _print_predict(obj))
+    return 0
+
+
+def _show(tok, token_id: int) -> str:
+    """A token as text; a piece of a UTF-8 character shows as its bytes (e.g. <e5 91>), never as garbage."""
+    data = tok.token_bytes(token_id)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "<" + " ".join(f"{b:02x}" for b in data) + ">"
+
+
+def _print_predict(obj: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"next token after {obj['prompt']!r} ({obj['prompt_tokens']} tokens)")
+    table.add_column("token")
+    table.add_column("id", justify="right")
+    table.add_column("probability", justify="right")
+    table.add_column("")
+    for r in obj["top"]:
+        table.add_row(repr(r["token"])[1:-1], str(r["id"]), f"{r['prob']:.4f}", "█" * max(1, round(r["prob"] * 40)))
+    Console().print(table)
+    if "plot" in obj:
+        note = f"font {obj['font']}" if obj["font"] else "no CJK font found: Chinese labels may show as boxes"
+        print(f"chart: {obj['plot']} ({note})")
+
+
+_CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+              "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "AR PL UMing CN")
+
+
+def _plot(prompt: str, rows: list[dict], path: str) -> str | None:
+    """Horizontal bars of the top tokens into a PNG; returns the CJK font used (None = matplotlib's default)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import font_manager
+
+    from pocketgpt.atomic import atomic_path
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    font = next((f for f in _CJK_FONTS if f in installed), None)
+    if font:
+        plt.rcParams["font.sans-serif"] = [font, *plt.rcParams["font.sans-serif"]]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
+    ax.barh([repr(r["token"])[1:-1] for r in rows][::-1], [r["prob"] for r in rows][::-1])
+    ax.set_xlabel("probability")
+    ax.set_title(f"next token after: {prompt[-40:]}")
+    with warnings.catch_warnings():  # without a CJK font every glyph warns; the caller reports it once
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return font

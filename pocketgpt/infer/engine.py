@@ -57,6 +57,17 @@ class RequestHandle:
         while (delta := self._deltas.get()) is not None:
             yield delta
 
+    def ready(self) -> list[str]:
+        """The text deltas queued so far, without waiting (for a caller that steps the engine itself)."""
+        out = []
+        while not self._deltas.empty():
+            delta = self._deltas.get_nowait()
+            if delta is None:  # the end marker stays for anyone iterating later
+                self._deltas.put(None)
+                break
+            out.append(delta)
+        return out
+
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the next step and the handle finishes as "cancelled"."""
         self._req.cancelled = True

@@ -140,3 +140,10 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | 
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     probs = filter_logits(logits, params).softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+def top_probs(logits: torch.Tensor, n: int) -> list[tuple[int, float]]:
+    """logits (V,) -> the n most likely (token id, probability) pairs, most likely first."""
+    probs = logits.float().softmax(dim=-1)  # (V,)
+    top = probs.topk(min(n, probs.numel()))
+    return list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
