@@ -4,12 +4,12 @@ A GGUF "gpt2"-model tokenizer is a list of tokens by id (GPT-2 byte-to-unicode s
 per id (1 normal, 3 control, 4 user-defined), BPE merges in priority order and a pre-tokenizer
 *name* (`tokenizer.ggml.pre`) for which llama.cpp keeps the regex. `PRE_PATTERNS` holds those regexes.
 
-Our `Tokenizer` numbers ids as [all 256 bytes and merged tokens | special tokens]. A file laid out
-that way (every pocketgpt export) becomes our tokenizer files. Many real vocabularies are not:
-SmolLM2 puts its 17 special tokens at ids 0..16 and leaves out 21 bytes that never occur in UTF-8
-text, and renumbering ids would change the model's embedding rows. Those are written unchanged as a
-Hugging Face `tokenizer.json` (same ids, same merges, same regex), which the `tokenizers` library and
-transformers read, and which export writes back into GGUF unchanged. Knows nothing of tensors.
+Our `Tokenizer` keeps the file's ids exactly (renumbering would move the model's embedding rows):
+normal tokens become mergeable tokens, control and user-defined tokens become special tokens, in
+whatever layout the file uses. SmolLM2 puts its 17 special tokens at ids 0..16 and has no token for
+21 bytes; that is fine as long as merged-token ids rise in merge order (tiktoken merges by id).
+The import also writes the same vocabulary as a Hugging Face `tokenizer.json`, an extra file for
+transformers users that `export hf` carries along. Knows nothing of tensors.
 """
 
 from __future__ import annotations
@@ -21,20 +21,19 @@ from typing import Any
 
 from pocketgpt.atomic import atomic_write
 from pocketgpt.errors import TokenizerError
-from pocketgpt.text.bpe_pretokenize import CL100K_PATTERN, GPT2_PATTERN
+from pocketgpt.text.bpe_pretokenize import CL100K_PATTERN, GPT2_PATTERN, SMOLLM_PATTERN
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 HF_TOKENIZER_FILE = "tokenizer.json"
 NORMAL, CONTROL = 1, 3  # llama.cpp's llama_token_type
-# llama.cpp pre-tokenizer name -> one regex with the same splits. "smollm" isolates every digit before
-# the GPT-2 rules (llama.cpp runs \p{N} first), which is GPT-2's pattern with \p{N} taken alone.
+# llama.cpp pre-tokenizer name -> our pattern name and its regex (the same splits)
 PRE_PATTERNS = {
     "gpt-2": ("gpt2", GPT2_PATTERN),
     "llama-bpe": ("cl100k", CL100K_PATTERN),
-    "smollm": ("custom", GPT2_PATTERN.replace(r" ?\p{N}++", r"\p{N}")),
+    "smollm": ("smollm", SMOLLM_PATTERN),
 }
 # our pattern name -> the `tokenizer.ggml.pre` whose regex llama.cpp applies (the same splits)
-PRE_NAMES = {"gpt2": "gpt-2", "cl100k": "llama-bpe"}
+PRE_NAMES = {ours: pre for pre, (ours, _) in PRE_PATTERNS.items()}
 
 
 @dataclass
@@ -100,8 +99,9 @@ def write_vocab(w, v: GGUFVocab) -> None:
 
 
 def save_gguf_tokenizer(meta: dict[str, Any], out: Path):
-    """Our `Tokenizer` for the file's vocabulary when our id layout fits it (the caller saves it);
-    otherwise write `tokenizer.json` into `out` and return None."""
+    """Our `Tokenizer` for the file's vocabulary, same ids (the caller saves it). Also writes the
+    vocabulary as `tokenizer.json` into `out`. A layout tiktoken cannot carry (merged-token ids not
+    rising in merge order) returns None: then `tokenizer.json` is the only copy of the vocabulary."""
     if meta.get("tokenizer.ggml.model") != "gpt2":
         raise TokenizerError(f"GGUF tokenizer model {meta.get('tokenizer.ggml.model')!r} is not supported; "
                              "pocketgpt reads byte-level BPE ('gpt2') vocabularies")
@@ -110,30 +110,27 @@ def save_gguf_tokenizer(meta: dict[str, Any], out: Path):
         raise TokenizerError(f"GGUF pre-tokenizer {pre!r} is not supported; known: {', '.join(PRE_PATTERNS)}")
     tokens, merges = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"]
     types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
-    tok = ours_if_it_fits(tokens, types, merges, pre)
-    if tok is None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / HF_TOKENIZER_FILE, json.dumps(hf_tokenizer_json(tokens, types, merges, pre),
-                                                          ensure_ascii=False))
-    return tok
-
-
-def ours_if_it_fits(tokens: list[str], types: list[int], merges: list[str], pre: str):
-    """A `Tokenizer` with exactly the file's ids, or None when they are not [bytes + merges | specials]."""
-    from pocketgpt.text.bpe import Tokenizer
-    from pocketgpt.text.bpe_files import bytes_to_unicode, from_unicode
-
-    n = sum(1 for t in types if t == NORMAL)
-    if any(t != NORMAL for t in types[:n]) or not set(bytes_to_unicode().values()) <= set(tokens[:n]):
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / HF_TOKENIZER_FILE, json.dumps(hf_tokenizer_json(tokens, types, merges, pre), ensure_ascii=False))
+    try:
+        return tokenizer_from_gguf(tokens, types, merges, pre)
+    except TokenizerError:
         return None
-    ranks = {from_unicode(tok, "tokenizer.ggml.tokens"): i for i, tok in enumerate(tokens[:n])}
-    vocab = {tok: i for i, tok in enumerate(tokens[:n])}
+
+
+def tokenizer_from_gguf(tokens: list[str], types: list[int], merges: list[str], pre: str):
+    """A `Tokenizer` with exactly the file's ids: normal tokens are mergeable (GPT-2 byte-to-unicode
+    strings), every other type is a special token. Raises TokenizerError when tiktoken cannot carry it."""
+    from pocketgpt.text.bpe import Tokenizer
+    from pocketgpt.text.bpe_files import from_unicode
+
+    vocab = {tok: i for i, (tok, ty) in enumerate(zip(tokens, types, strict=True)) if ty == NORMAL}
+    ranks = {from_unicode(tok, "tokenizer.ggml.tokens"): i for tok, i in vocab.items()}
+    specials = {tok: i for i, (tok, ty) in enumerate(zip(tokens, types, strict=True)) if ty != NORMAL}
     pairs = [m.split(" ") for m in merges]
-    first = n - len(pairs)
-    if any(vocab.get(a + b) != first + k for k, (a, b) in enumerate(pairs)):
-        return None  # tiktoken merges by the merged token's id, so ids must follow merge order
+    if any(len(p) != 2 or p[0] not in vocab or p[1] not in vocab for p in pairs):
+        raise TokenizerError("GGUF merges name tokens that are not in tokenizer.ggml.tokens")
     pattern, pat = PRE_PATTERNS[pre]
-    specials = {tokens[i]: i for i in range(n, len(tokens))}
     return Tokenizer(ranks, specials, pattern=pattern, pat_str=pat,
                      merges=[(vocab[a], vocab[b]) for a, b in pairs], name="gguf")
 

@@ -1,7 +1,9 @@
 """Byte-level BPE tokenizer: text <-> token ids, special tokens, save/load.
 
 Any UTF-8 text round-trips exactly because the alphabet is the 256 bytes (Radford et al. 2019,
-sec. 2.2): no unknown tokens, a Chinese character is 3 bytes and so 1 to 3 tokens.
+sec. 2.2): no unknown tokens, a Chinese character is 3 bytes and so 1 to 3 tokens. Imported
+vocabularies may lay ids out differently (SmolLM2: specials first, 21 bytes without a token); the
+`Tokenizer` carries any layout whose merged-token ids rise in merge order.
 Encoding runs in tiktoken's Rust core, built from our ranks; training is bpe_train.py, the
 readable reference encoder is bpe_reference.py, file formats are bpe_files.py.
 Knows nothing of models or datasets.
@@ -13,6 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import regex
 import tiktoken
 
 from pocketgpt.errors import TokenizerError
@@ -26,9 +29,12 @@ TOKENIZER_NAMES = ("gpt2",)
 
 
 class Tokenizer:
-    """A byte-level BPE vocabulary: `ranks` (token bytes -> id) plus special tokens.
+    """A byte-level BPE vocabulary: `ranks` (token bytes -> id) plus special tokens (text -> id).
 
-    Ids are contiguous: 0..len(ranks)-1 are the mergeable tokens, specials come after.
+    Together they use the ids 0..N-1, each once, in any layout: our own tokenizers put the 256 bytes
+    first, merged tokens after them and specials last; SmolLM2 puts its specials at 0..16. tiktoken
+    merges by the id of the merged token, which equals merging by priority when merged-token ids
+    rise in merge order, so that is checked whenever the merges are given (see `check_layout`).
     """
 
     def __init__(
@@ -41,17 +47,16 @@ class Tokenizer:
         merges: list[tuple[int, int]] | None = None,
         name: str = "pocketgpt",
     ):
-        if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
-            raise TokenizerError("a vocabulary must hold all 256 bytes and use ids 0..N-1 without gaps")
+        self.special_tokens = dict(special_tokens or {})
+        check_layout(ranks, self.special_tokens, merges)
         self.ranks = ranks
         self.pattern = pattern
         self.pat_str = pat_str or pattern_str(pattern)
         self.name = name
         self._merges = merges
-        self._id_to_bytes = {i: t for t, i in ranks.items()}
-        self.special_tokens = dict(special_tokens or {})
-        if sorted(self.special_tokens.values()) != list(range(len(ranks), self.vocab_size)):
-            raise TokenizerError(f"special token ids must follow the {len(ranks)} mergeable tokens without gaps")
+        # bytes with no token (SmolLM2 has 21, none of them common in text) take the slow encode path
+        self._absent = bytes(b for b in range(256) if bytes([b]) not in ranks)
+        self._present = bytes(b for b in range(256) if bytes([b]) in ranks)
         self._build()
 
     # --- construction ----------------------------------------------------------------------------
@@ -101,6 +106,9 @@ class Tokenizer:
             return cls(ranks, specials, merges=merges)
         if (d / files.TIKTOKEN).is_file():
             ranks = files.read_tiktoken(d / files.TIKTOKEN)
+            if sorted(ranks.values()) != list(range(len(ranks))):
+                raise TokenizerError(f"{d / files.TIKTOKEN}: ranks are not 0..N-1, and a tiktoken file carries no "
+                                     f"special tokens to fill the gaps; keep {files.OURS} next to it")
             return cls(ranks, {EOT: len(ranks)})
         raise TokenizerError(
             f"{d}: no tokenizer files here (expected {files.OURS}, or {files.VOCAB} + {files.MERGES}, "
@@ -160,7 +168,10 @@ class Tokenizer:
 
     def encode(self, text: str, allowed_special: str | Iterable[str] = "all") -> list[int]:
         """Token ids of `text`. Special tokens in the text become their id when allowed
-        ("all", "none", or a set of strings); otherwise they are encoded as plain text."""
+        ("all", "none", or a set of strings); otherwise they are encoded as plain text.
+        Bytes the vocabulary has no token for are left out (see `_encode_without_absent`)."""
+        if self._absent and self._has_absent(text):
+            return self._encode_without_absent(text, self._allowed(allowed_special))
         if allowed_special == "all" and self._core is not None:
             try:  # straight into the Rust core: this call is made millions of times
                 return self._core.encode(text, self._special_set)
@@ -170,6 +181,8 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str], allowed_special: str | Iterable[str] = "all") -> list[list[int]]:
         """`encode` over many texts, in parallel threads inside tiktoken."""
+        if self._absent:
+            return [self.encode(t, allowed_special) for t in texts]
         return self._enc.encode_batch(texts, allowed_special=self._allowed(allowed_special), disallowed_special=())
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -186,6 +199,31 @@ class Tokenizer:
         """The bytes one token stands for (a special token's UTF-8 text)."""
         self._check_ids([token_id])
         return self._enc.decode_single_token_bytes(token_id)
+
+    def _has_absent(self, text: str) -> bool:
+        """Whether `text` holds a byte with no token: delete every byte that has one, see what is left."""
+        return bool(text.encode("utf-8", errors="surrogatepass").translate(None, self._present))
+
+    def _encode_without_absent(self, text: str, allowed: frozenset[str]) -> list[int]:
+        """Encode text holding bytes with no token the way transformers and llama.cpp do for SmolLM2:
+        cut at specials, pre-tokenize, drop the absent bytes from each pre-token, then BPE the rest.
+        Such bytes are rare (SmolLM2 lacks C0 controls like \\x04 and the UTF-8 lead bytes of planes
+        4-16), so this path is plain Python; decode(encode(text)) then lacks those bytes."""
+        text = _clean_surrogates(text)
+        parts = [text]
+        if allowed:  # a capturing split keeps the specials as the odd-numbered parts
+            parts = regex.split("(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")",
+                                text)
+        ids: list[int] = []
+        for n, part in enumerate(parts):
+            if n % 2:
+                ids.append(self.special_tokens[part])
+                continue
+            for word in regex.findall(self.pat_str, part):
+                kept = word.encode("utf-8").translate(None, self._absent)
+                if kept:
+                    ids.extend(self._enc._encode_single_piece(kept))  # BPE of one pre-token, no regex
+        return ids
 
     def _allowed(self, allowed_special: str | Iterable[str]) -> frozenset[str] | str:
         if allowed_special == "all":
@@ -215,6 +253,31 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
         f"unknown tokenizer {str(spec)!r}; use one of {', '.join(TOKENIZER_NAMES)} or a directory holding "
         f"{files.OURS}, {files.VOCAB} + {files.MERGES}, or {files.TIKTOKEN}"
     )
+
+
+def check_layout(ranks: dict[bytes, int], specials: dict[str, int], merges: list[tuple[int, int]] | None) -> None:
+    """Raise TokenizerError unless the mergeable and special tokens use ids 0..N-1 once each and, when
+    `merges` is given, each merge makes a token of `ranks` with an id above the previous merge's and
+    every multi-byte token is made by a merge. tiktoken merges the adjacent pair whose concatenation
+    has the lowest id; with rising ids that is the earliest merge, as in GPT-2's merge-list BPE."""
+    ids = sorted([*ranks.values(), *specials.values()])
+    if ids != list(range(len(ids))):
+        raise TokenizerError("token ids must be 0..N-1, each used once by a mergeable or a special token")
+    if merges is None:
+        return
+    id_to_bytes = {i: t for t, i in ranks.items()}
+    last = -1
+    for k, (a, b) in enumerate(merges):
+        new = ranks.get(id_to_bytes[a] + id_to_bytes[b]) if a in id_to_bytes and b in id_to_bytes else None
+        if new is None:
+            raise TokenizerError(f"merge {k} ({a}, {b}) does not make a mergeable token of this vocabulary")
+        if new <= last:
+            raise TokenizerError(f"merge {k} makes id {new}, not above the previous merge's {last}: tiktoken merges "
+                                 "by id, so merged-token ids must rise in merge order")
+        last = new
+    n_multi = sum(1 for t in ranks if len(t) > 1)
+    if n_multi != len(merges):
+        raise TokenizerError(f"{n_multi} multi-byte tokens but {len(merges)} merges: each must come from one merge")
 
 
 def check_vocab_size(vocab_size: int, n_specials: int) -> int:

@@ -20,7 +20,7 @@ OURS = "pocketgpt-tokenizer.json"
 VOCAB = "vocab.json"
 MERGES = "merges.txt"
 TIKTOKEN = "tokenizer.tiktoken"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 Ranks = dict[bytes, int]
 Merges = list[tuple[int, int]]
@@ -59,41 +59,45 @@ def from_unicode(text: str, where: str) -> bytes:
 
 
 def write_ours(path: Path, ranks: Ranks, specials: dict[str, int], merges: Merges, pattern: str, pat: str) -> None:
-    """JSON with the merges in rank order. The 256 byte tokens take ids `byte_ids` (omitted when
-    byte b is id b) and the merges take the remaining ids in ascending order."""
-    byte_ids = [ranks[bytes([b])] for b in range(256)]
+    """JSON with every id spelled out (version 2): `byte_ids[b]` is byte b's id (null when the
+    vocabulary has no token for it), each merge is `[left, right, new_id]` in priority order, and
+    `special_tokens` maps text -> id. Any id layout fits, SmolLM2's (specials first) included."""
+    id_to_bytes = {i: t for t, i in ranks.items()}
     doc = {
         "format": "pocketgpt-tokenizer",
         "version": FORMAT_VERSION,
         "pattern": pattern,
         "pat_str": pat,
-        "merges": [list(m) for m in merges],
+        "byte_ids": [ranks.get(bytes([b])) for b in range(256)],
+        "merges": [[a, b, ranks[id_to_bytes[a] + id_to_bytes[b]]] for a, b in merges],
         "special_tokens": specials,
     }
-    if byte_ids != list(range(256)):
-        doc["byte_ids"] = byte_ids
     atomic_write(path, json.dumps(doc, ensure_ascii=False, indent=0))
 
 
 def read_ours(path: Path) -> tuple[Ranks, dict[str, int], Merges, str, str]:
-    """Returns ranks, specials, merges, pattern name and regex."""
+    """Returns ranks, specials, merges, pattern name and regex. Reads version 2 and version 1
+    (where merge i took the i-th id not held by a byte)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        if doc.get("version") != FORMAT_VERSION:
-            raise TokenizerError(f"{path}: format version {doc.get('version')!r}; this pocketgpt reads {FORMAT_VERSION}")
+        version = doc.get("version")
+        if version not in (1, FORMAT_VERSION):
+            raise TokenizerError(f"{path}: format version {version!r}; this pocketgpt reads 1 and {FORMAT_VERSION}")
         byte_ids = doc.get("byte_ids", list(range(256)))
-        merges = [(int(a), int(b)) for a, b in doc["merges"]]
+        merges = [tuple(int(x) for x in m) for m in doc["merges"]]
         specials = {str(k): int(v) for k, v in doc["special_tokens"].items()}
         pattern, pat = doc["pattern"], doc["pat_str"]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise TokenizerError(f"{path}: not a valid pocketgpt tokenizer file ({e})") from None
-    id_to_bytes = {i: bytes([b]) for b, i in enumerate(byte_ids)}
-    free = (i for i in range(len(byte_ids) + len(merges)) if i not in id_to_bytes)
-    for (a, b), new in zip(merges, free, strict=False):
-        if a not in id_to_bytes or b not in id_to_bytes:
-            raise TokenizerError(f"{path}: merge ({a}, {b}) uses an id not defined before it")
-        id_to_bytes[new] = id_to_bytes[a] + id_to_bytes[b]
-    return {t: i for i, t in id_to_bytes.items()}, specials, merges, pattern, pat
+    id_to_bytes = {int(i): bytes([b]) for b, i in enumerate(byte_ids) if i is not None}
+    if version == 1:
+        free = (i for i in range(len(byte_ids) + len(merges)) if i not in id_to_bytes)
+        merges = [(a, b, new) for (a, b), new in zip(merges, free, strict=False)]
+    for m in merges:
+        if len(m) != 3 or m[0] not in id_to_bytes or m[1] not in id_to_bytes:
+            raise TokenizerError(f"{path}: merge {list(m)} is not [left, right, new_id] over ids defined before it")
+        id_to_bytes[m[2]] = id_to_bytes[m[0]] + id_to_bytes[m[1]]
+    return {t: i for i, t in id_to_bytes.items()}, specials, [(a, b) for a, b, _ in merges], pattern, pat
 
 
 # --- GPT-2 / Hugging Face format -----------------------------------------------------------------
@@ -154,6 +158,8 @@ def write_tiktoken(path: Path, ranks: Ranks) -> None:
 
 
 def read_tiktoken(path: Path) -> Ranks:
+    """Ranks from a tiktoken file. It holds no special tokens, so `Tokenizer.load` can only use
+    it for the layout [mergeable tokens 0..N-1 | specials after]."""
     ranks: Ranks = {}
     for n, line in enumerate(path.read_text(encoding="ascii", errors="replace").splitlines(), 1):
         if not line.strip():

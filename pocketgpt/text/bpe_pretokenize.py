@@ -26,7 +26,11 @@ CL100K_PATTERN = (
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
 
-PATTERNS = {"gpt2": GPT2_PATTERN, "cl100k": CL100K_PATTERN}
+# SmolLM2's pattern (llama.cpp `tokenizer.ggml.pre` = "smollm"): llama.cpp first isolates every digit
+# (\p{N}) and then applies GPT-2's rules, which is GPT-2's pattern with each digit taken alone.
+SMOLLM_PATTERN = GPT2_PATTERN.replace(r" ?\p{N}++", r"\p{N}")
+
+PATTERNS = {"gpt2": GPT2_PATTERN, "cl100k": CL100K_PATTERN, "smollm": SMOLLM_PATTERN}
 
 
 def pattern_str(name: str) -> str:

@@ -122,7 +122,7 @@ def test_save_load_each_format_gives_identical_ids(trained, tmp_path, keep):
 def test_saved_files_are_what_the_formats_say(trained, tmp_path):
     trained.save(tmp_path)
     doc = json.loads((tmp_path / bpe_files.OURS).read_text())
-    assert doc["version"] == 1 and doc["pattern"] == "gpt2" and len(doc["merges"]) == len(trained.merges)
+    assert doc["version"] == 2 and doc["pattern"] == "gpt2" and len(doc["merges"]) == len(trained.merges)
     # the tiktoken file loads with tiktoken's own reader
     from tiktoken.load import load_tiktoken_bpe
 
