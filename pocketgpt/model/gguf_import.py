@@ -2,7 +2,7 @@
 
     metadata  {arch}.block_count, .embedding_length, ...  -> ModelConfig
     tensors   blk.N.attn_q ... (F32/F16/BF16/Q8_0/Q4_0/Q4_1) -> dequantised fp32, our names and layouts
-    tokenizer tokenizer.ggml.tokens/merges/token_type/pre   -> our tokenizer files (or tokenizer.json)
+    tokenizer tokenizer.ggml.tokens/merges/token_type/pre   -> our tokenizer files (+ tokenizer.json)
     template  tokenizer.chat_template                       -> chat_template.jinja
 
 Quantised tensors are expanded with `gguf.quants.dequantize`, the same arithmetic llama.cpp and
