@@ -99,7 +99,7 @@ class KeySet:
     recent keys, merged into the array every `batch` additions (a Python set costs ~70 bytes a key,
     which would make the index larger than a corpus of short documents)."""
 
-    def __init__(self, batch: int = 1 << 13) -> None:
+    def __init__(self, batch: int = 1 << 11) -> None:
         self.sorted = np.empty(0, dtype=np.uint64)
         self.recent: set[int] = set()
         self.batch = batch
