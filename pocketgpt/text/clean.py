@@ -142,7 +142,8 @@ def _letters(text: str) -> int:
 
 def too_short(doc: str, cfg: CleanConfig) -> str | None:
     n = _nonspace(doc)
-    return f"{n} non-space characters < {cfg.min_chars}" if n < cfg.min_chars else None
+    least = max(1, cfg.min_chars)  # an empty document is never kept: it would read as a separator
+    return f"{n} non-space characters < {least}" if n < least else None
 
 
 def mis_decoded(doc: str, cfg: CleanConfig) -> str | None:
@@ -270,6 +271,8 @@ class Cleaner:
             )
         if not 0 < cfg.near_threshold <= 1:
             raise DataError(f"near_threshold must be in (0, 1], got {cfg.near_threshold}")
+        if min(cfg.num_perm, cfg.shingle, cfg.ngram) < 1:
+            raise DataError("num_perm, shingle and ngram must be at least 1")
         self.cfg = cfg
         self.filters = [(n, f) for n, f in FILTERS.items() if n not in cfg.skip]
         self.exact = KeySet()
@@ -306,6 +309,8 @@ def clean_corpus(
 
     cfg = config or CleanConfig()
     cleaner, out_dir = Cleaner(cfg), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; give a directory for cleaned.txt and the reports")
     report = _new_report(inputs, out_dir, cfg, cleaner)
     t0 = time.perf_counter()
     with atomic_path(out_dir / "cleaned.txt") as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as out:

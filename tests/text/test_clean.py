@@ -132,6 +132,29 @@ def test_doc_per_line_and_non_utf8(tmp_path):
     assert (report["docs_in"], report["docs_kept"], report["dropped"]["mis_decoded"]) == (3, 2, 1)
 
 
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (CleanConfig(skip=("nope",)), "unknown rule"),
+        (CleanConfig(near_threshold=1.5), "near_threshold"),
+        (CleanConfig(num_perm=0), "at least 1"),
+        (CleanConfig(errors="ignore"), "errors mode"),
+    ],
+)
+def test_bad_settings_are_data_errors(tmp_path, cfg, match):
+    with pytest.raises(DataError, match=match):
+        clean_corpus([write(tmp_path / "in.txt", [GOOD_EN])], tmp_path / "out", cfg, progress=False)
+
+
+def test_blank_input_and_file_as_out_dir_are_data_errors(tmp_path):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no documents"):
+        clean_corpus([blank], tmp_path / "out", progress=False)
+    with pytest.raises(DataError, match="is a file"):
+        clean_corpus([write(tmp_path / "in.txt", [GOOD_EN])], blank, progress=False)
+
+
 def generate(path: Path, n_docs: int, words: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     vocab = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9))) for _ in range(20000)]
