@@ -132,7 +132,7 @@ class Engine:
     # -- stepping ----------------------------------------------------------------------------------
     def step(self) -> bool:
         """One scheduler step (admit, decode one token per running request); False when idle."""
-        with self._lock:
+        with self._lock, self.scheduler.thread_setting():
             if not self.scheduler.has_work():
                 return False
             self.scheduler.step()
@@ -142,8 +142,9 @@ class Engine:
         """Generate for every prompt (different lengths welcome) and wait; batched by the scheduler."""
         handles = [self.submit(p, params) for p in prompts]
         if self._thread is None:
-            while not all(h.done for h in handles) and self.step():
-                pass
+            with self._lock, self.scheduler.thread_setting():
+                while not all(h.done for h in handles) and self.scheduler.has_work():
+                    self.scheduler.step()
         return [h.result() for h in handles]
 
     def start(self) -> Engine:
@@ -163,6 +164,10 @@ class Engine:
             self._thread = None
 
     def _loop(self) -> None:
+        with self.scheduler.thread_setting():  # per thread: set once for the loop's whole life
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             with self._wake:
                 while not self._stopping and not self.scheduler.has_work():

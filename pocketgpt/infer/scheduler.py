@@ -15,7 +15,8 @@ computes logits for the last position only, and runs small CPU models on one int
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,19 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # running[i] lives in cache slot i
 
+    @contextmanager
+    def thread_setting(self) -> Iterator[None]:
+        """Use `self.threads` intra-op threads inside the block (the setting is per calling thread),
+        restoring the caller's afterwards. Wrap a whole loop of steps, not each step: switching costs."""
+        before = torch.get_num_threads()
+        if self.threads is not None and self.threads != before:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
@@ -74,17 +88,8 @@ class Scheduler:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Drop cancelled requests, admit waiting ones into free slots, then decode one token for all."""
-        if self.threads is None:
-            return self._step()
-        before = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            self._step()
-        finally:
-            torch.set_num_threads(before)
-
-    def _step(self) -> None:
+        """Drop cancelled requests, admit waiting ones into free slots, then decode one token for all.
+        (Run it inside `with scheduler.thread_setting():` to get the step's intra-op thread count.)"""
         for i in reversed(range(len(self.running))):
             if self.running[i].cancelled:
                 self._finish(self.running[i], "cancelled")

@@ -157,6 +157,7 @@ class SlotKVCache:
         self.max_len, self.n_slots = max_len, n_slots
         self.lengths = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,) positions written per row
         self.lens = [0] * n_slots  # the same on the host, so no step waits on a device sync
+        self._synced = True
         self.n = 0  # active rows: slots 0..n-1
         self._rows = torch.arange(n_slots, device=device)  # (S,)
         self._span = torch.arange(max_len, device=device)  # (max_len,)
@@ -172,16 +173,19 @@ class SlotKVCache:
 
     def set_length(self, i: int, n: int) -> None:
         self.lens[i] = n
-        self.lengths[i] = n
+        self._synced = False  # the device copy is refreshed once, at the next batched step
 
     def positions(self) -> torch.Tensor:
         """(n, 1): where each active row's next token sits."""
+        if not self._synced:
+            self.lengths.copy_(torch.tensor(self.lens))
+            self._synced = True
         return self.lengths[: self.n, None]
 
     def step_mask(self) -> torch.Tensor:
         """(n, 1, 1, Tk) bool over the first Tk = longest + 1 positions: row b sees j <= lengths[b]."""
         tk = self.pos + 1
-        return (self._span[None, :tk] <= self.lengths[: self.n, None])[:, None, None, :]
+        return (self._span[None, :tk] <= self.positions())[:, None, None, :]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one new k/v per active row (n, nkv, 1, hs) at that row's length; return keys/values
@@ -189,7 +193,7 @@ class SlotKVCache:
         n, tk = self.n, self.pos + 1
         if tk > self.max_len:
             raise ValueError(f"KV cache full: {tk} positions > max_len {self.max_len}; build a larger cache")
-        rows, at = self._rows[:n], self.lengths[:n]
+        rows, at = self._rows[:n], self.positions()[:, 0]
         self.k[layer, rows, :, at] = k[:, :, 0]  # (n, nkv, hs) scattered to (row, :, length[row])
         self.v[layer, rows, :, at] = v[:, :, 0]
         return self.k[layer, :n, :, :tk], self.v[layer, :n, :, :tk]
