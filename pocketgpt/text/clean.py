@@ -25,13 +25,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import regex
 
 from pocketgpt.atomic import atomic_path, atomic_write
 from pocketgpt.errors import DataError
-from pocketgpt.text.minhash import KeySet, LSHIndex, MinHasher, choose_bands
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _opt(default, help: str):
@@ -94,6 +96,8 @@ def dedup_text(doc: str) -> str:
 
 def exact_key(form: str) -> np.ndarray:
     """64-bit BLAKE2b of a document's dedup form, as a (1,) array for KeySet."""
+    import numpy as np  # here, not at the top: `pocketgpt --help` imports this module for its flags
+
     digest = hashlib.blake2b(form.encode("utf-8"), digest_size=8).digest()
     return np.frombuffer(digest, dtype=np.uint64)  # (1,)
 
@@ -273,6 +277,8 @@ class Cleaner:
             raise DataError(f"near_threshold must be in (0, 1], got {cfg.near_threshold}")
         if min(cfg.num_perm, cfg.shingle, cfg.ngram) < 1:
             raise DataError("num_perm, shingle and ngram must be at least 1")
+        from pocketgpt.text.minhash import KeySet, LSHIndex, MinHasher, choose_bands
+
         self.cfg = cfg
         self.filters = [(n, f) for n, f in FILTERS.items() if n not in cfg.skip]
         self.exact = KeySet()
