@@ -158,9 +158,19 @@ class SlotKVCache:
         self.lengths = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,) positions written per row
         self.lens = [0] * n_slots  # the same on the host, so no step waits on a device sync
         self._synced = True
-        self.n = 0  # active rows: slots 0..n-1
+        self._index: torch.Tensor | None = None  # where this step's keys go (see `_write_index`)
+        self._n = 0  # active rows: slots 0..n-1
         self._rows = torch.arange(n_slots, device=device)  # (S,)
         self._span = torch.arange(max_len, device=device)  # (max_len,)
+
+    @property
+    def n(self) -> int:
+        """Active rows: slots 0..n-1."""
+        return self._n
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self._n, self._index = value, None
 
     @property
     def pos(self) -> int:
@@ -173,7 +183,7 @@ class SlotKVCache:
 
     def set_length(self, i: int, n: int) -> None:
         self.lens[i] = n
-        self._synced = False  # the device copy is refreshed once, at the next batched step
+        self._synced, self._index = False, None  # the device copy is refreshed once, at the next batched step
 
     def positions(self) -> torch.Tensor:
         """(n, 1): where each active row's next token sits."""
@@ -193,15 +203,27 @@ class SlotKVCache:
         n, tk = self.n, self.pos + 1
         if tk > self.max_len:
             raise ValueError(f"KV cache full: {tk} positions > max_len {self.max_len}; build a larger cache")
-        rows, at = self._rows[:n], self.positions()[:, 0]
-        self.k[layer, rows, :, at] = k[:, :, 0]  # (n, nkv, hs) scattered to (row, :, length[row])
-        self.v[layer, rows, :, at] = v[:, :, 0]
+        at = self._write_index()  # (n * nkv,) rows of the flattened layer buffer, the same for every layer
+        nkv, hs = k.size(1), k.size(3)
+        self.k[layer].view(-1, hs).index_copy_(0, at, k.reshape(n * nkv, hs))  # (row, head, length[row]) <- k
+        self.v[layer].view(-1, hs).index_copy_(0, at, v.reshape(n * nkv, hs))
         return self.k[layer, :n, :, :tk], self.v[layer, :n, :, :tk]
+
+    def _write_index(self) -> torch.Tensor:
+        """Flat row (slot * nkv + head) * max_len + length[slot] of each active row's new key, computed
+        once per step: a single index_copy_ per layer instead of a scatter through three indices."""
+        if self._index is None:
+            nkv = self.k.size(2)
+            heads = torch.arange(nkv, device=self.k.device)  # (nkv,)
+            slot_head = self._rows[: self.n, None] * nkv + heads  # (n, nkv)
+            self._index = (slot_head * self.max_len + self.positions()).reshape(-1)  # (n * nkv,)
+        return self._index
 
     def advance(self, n: int) -> None:
         if n != 1:
             raise ValueError("a SlotKVCache step feeds exactly one token per row; prefill through row(i)")
         self.lengths[: self.n] += 1
+        self._index = None
         for i in range(self.n):
             self.lens[i] += 1
 
