@@ -44,8 +44,9 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _combine(mask: torch.Tensor | None, causal: bool, t_q: int, t_k: int, device: torch.device) -> torch.Tensor | None:
-    """The one boolean mask that means `mask AND causal` (None when nothing is masked)."""
-    if causal:
+    """The one boolean mask that means `mask AND causal` (None when nothing is masked). A single query
+    is the newest position and may see every key, so its causal mask is all True and is skipped."""
+    if causal and t_q > 1:
         c = causal_mask(t_q, t_k, device)  # (Tq, Tk)
         return c if mask is None else mask & c
     return mask
