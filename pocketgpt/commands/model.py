@@ -112,6 +112,7 @@ def _load_with_tokenizer(model_dir: str):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    import re
     import sys
 
     from pocketgpt.infer.engine import Engine
@@ -120,10 +121,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tok = _load_with_tokenizer(args.model_dir)
     eot = tok.special_tokens.get("<|endoftext|>")
     stop_ids = tuple(i for i in (eot, model.config.eos_id) if i is not None and i >= 0)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                            presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                            stop_ids=stop_ids, stop=tuple(args.stop), seed=args.seed)
+    try:
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                                presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                                stop_ids=stop_ids, stop=tuple(args.stop), seed=args.seed)
+    except DataError as e:  # name the flags, not the dataclass fields: top_p -> --top-p
+        flags = re.sub(r"\b(max_tokens|temperature|top_k|top_p|min_p|repetition_penalty|stop)\b",
+                       lambda m: "--" + m.group(1).replace("_", "-"), str(e))
+        raise DataError(flags) from None
     prompt = tok.encode(args.prompt) if args.prompt else []
     if not prompt:
         if eot is None:
