@@ -47,3 +47,15 @@ def test_wider_beam_finds_a_higher_scoring_sequence_than_greedy():
         assert wide.score >= greedy.score - 1e-5  # never worse
         better += wide.score > greedy.score + 1e-4 and wide.tokens != greedy.tokens
     assert better >= 1  # and on at least one constructed source strictly better
+
+
+@torch.no_grad()
+def test_seq2seq_cached_decoding_equals_full_recomputation():
+    model = _model(2)
+    src, tgt = torch.tensor([[5, 9, 3, 12, 7, PAD]]), torch.tensor([[BOS, 4, 8, 11, 3, 6, 9, 10]])
+    memory = model.encode(src)
+    full = model.decode(tgt, memory, src != PAD)  # (1, 8, V) no cache
+    cache = model.new_cache(1, 8)
+    steps = [model.decode(tgt[:, :2], memory, src != PAD, cache=cache)]  # prefill 2, then one at a time
+    steps += [model.decode(tgt[:, t : t + 1], memory, src != PAD, cache=cache) for t in range(2, 8)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
