@@ -142,9 +142,12 @@ class Engine:
         """Generate for every prompt (different lengths welcome) and wait; batched by the scheduler."""
         handles = [self.submit(p, params) for p in prompts]
         if self._thread is None:
-            with self._lock, self.scheduler.thread_setting():
-                while not all(h.done for h in handles) and self.scheduler.has_work():
-                    self.scheduler.step()
+            with self.scheduler.thread_setting():
+                while not all(h.done for h in handles):
+                    with self._lock:  # per step, so other threads may submit in between
+                        if not self.scheduler.has_work():
+                            break
+                        self.scheduler.step()
         return [h.result() for h in handles]
 
     def start(self) -> Engine:
