@@ -1,2 +1,4 @@
-"""Running a trained model: sampling the next token (`sampling.py`) and the generation loop
-(`generate.py`). Token ids in, token ids out; text is the caller's business (a tokenizer)."""
+"""Running a trained model: choosing tokens (`sampling.py`), turning them into safe text deltas
+(`stream.py`), continuous batching over a per-row KV cache (`scheduler.py`), the thread-safe engine
+every caller generates through (`engine.py`, with `generate.py` as its one-prompt door), and beam
+search for the encoder-decoder model (`beam.py`). Knows nothing of HTTP or command lines."""
