@@ -1,0 +1,175 @@
+"""Benchmark: training tokens/s of our GPT vs Hugging Face `GPT2LMHeadModel`, identical config.
+
+Same weights (ours copied into HF's layout), same batch, same loss (mean cross-entropy over every
+position), same optimizer (AdamW, lr 3e-4, weight decay 0.1), same threads. One step is
+zero_grad -> forward -> loss -> backward -> AdamW step. Both models take turns for `--rounds` rounds of
+`--steps` steps after a warm-up (alternating who goes first), and the best round counts, so a noisy
+neighbour on a shared machine slows both alike. Configs:
+
+    a: 4 layers, 4 heads, d_model 128, T=64,  B=12, vocab 65     (character-level, tiny)
+    b: 6 layers, 6 heads, d_model 384, T=256, B=8,  vocab 8192   (the "small" preset's shape)
+
+    python bench/train_throughput.py [--config a|b|all] [--rounds 3] [--compile] [--profile]
+
+Ours steps with fused AdamW (one kernel over all parameters; HF keeps torch's default, foreach).
+`--compile` also times torch.compile (inductor) of our model, compile time reported separately.
+`--profile` prints torch.profiler's top ops for one of our steps. Ends with one JSON line per
+config; ratio = ours / HF tokens/s (> 1: ours faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+CONFIGS = {
+    "a": dict(n_layer=4, n_head=4, d_model=128, block_size=64, batch=12, vocab_size=65, steps=30),
+    "b": dict(n_layer=6, n_head=6, d_model=384, block_size=256, batch=8, vocab_size=8192, steps=4),
+}
+LR, WEIGHT_DECAY = 3e-4, 0.1
+
+
+def machine() -> dict:
+    import transformers
+
+    cpu = platform.processor() or "?"
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "load": os.getloadavg()[0],
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def build_pair(spec: dict, seed: int = 0):
+    """Our GPT and an HF GPT2LMHeadModel of the same shape holding the same weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from pocketgpt.config import ModelConfig
+    from pocketgpt.model.gpt import GPT
+    from pocketgpt.model.hf import config_to_hf, state_dict_to_hf
+
+    cfg = ModelConfig(vocab_size=spec["vocab_size"], block_size=spec["block_size"], n_layer=spec["n_layer"],
+                      n_head=spec["n_head"], d_model=spec["d_model"], dropout=0.0)
+    torch.manual_seed(seed)
+    ours = GPT(cfg).train()
+    hf_cfg = {k: v for k, v in config_to_hf(cfg).items() if k != "architectures"}
+    hf = GPT2LMHeadModel(GPT2Config(**hf_cfg)).train()
+    hf.load_state_dict(state_dict_to_hf(ours.state_dict(), cfg), strict=False)  # tied lm_head comes with wte
+    return ours, hf
+
+
+def hf_loss(hf: torch.nn.Module) -> Callable:
+    """HF's forward with our loss: every position scored (its `labels=` would shift and drop one)."""
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = hf(input_ids=x).logits  # (B, T, V)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+    return loss
+
+
+def make_step(loss_fn: Callable, params, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """One training step: zero_grad, forward + loss, backward, AdamW."""
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=fused or None)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(x, y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+def race(steps: dict[str, Callable], x: torch.Tensor, y: torch.Tensor, n: int, rounds: int, warmup: int) -> dict:
+    """Best tokens/s of each step over `rounds` rounds of `n` steps, taking turns (first alternates)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step(x, y)
+    best = dict.fromkeys(steps, 0.0)
+    names = list(steps)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                steps[name](x, y)
+            best[name] = max(best[name], x.numel() * n / (time.perf_counter() - t0))
+    return best
+
+
+def profile_step(step: Callable, x: torch.Tensor, y: torch.Tensor, rows: int = 15) -> None:
+    """Print where one of our steps spends its time (CPU self time per op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            step(x, y)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def run_config(name: str, args: argparse.Namespace) -> dict:
+    spec = CONFIGS[name]
+    ours, hf = build_pair(spec)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, spec["vocab_size"], (spec["batch"], spec["block_size"]), generator=g)  # (B, T)
+    y = torch.randint(0, spec["vocab_size"], (spec["batch"], spec["block_size"]), generator=g)  # (B, T)
+    with torch.no_grad():
+        diff = abs(ours(x, y).item() - hf_loss(hf)(x, y).item())
+    print(f"\nconfig {name}: {json.dumps(spec)}   same loss at init: |ours - hf| = {diff:.2e}   load {os.getloadavg()[0]:.2f}")
+    steps = {"ours": make_step(ours, ours.parameters(), fused=True),
+             "hf": make_step(hf_loss(hf), hf.parameters(), fused=False)}
+    if args.compile:
+        compiled = torch.compile(ours)
+        steps["ours compiled"] = make_step(compiled, ours.parameters(), fused=True)
+        t0 = time.perf_counter()
+        steps["ours compiled"](x, y)
+        print(f"torch.compile: first step (compile) {time.perf_counter() - t0:.1f} s")
+    n = args.steps or spec["steps"]
+    best = race(steps, x, y, n, args.rounds, args.warmup)
+    for k, v in best.items():
+        print(f"  {k:>14}: {v:10,.0f} tokens/s")
+    if args.profile:
+        profile_step(steps["ours"], x, y)
+    ours_best = max(v for k, v in best.items() if k.startswith("ours"))
+    return {"bench": "train_throughput", "metric": f"tokens_per_s_config_{name}", "ours": round(ours_best, 1),
+            "peer": f"transformers {_version('transformers')} GPT2LMHeadModel (sdpa), AdamW foreach",
+            "peer_value": round(best["hf"], 1), "ratio": round(ours_best / best["hf"], 3), "goal": 1.5}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", choices=[*CONFIGS, "all"], default="all")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per model; the best counts")
+    ap.add_argument("--steps", type=int, default=None, help="steps per round (default 30 for a, 4 for b)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
+    ap.add_argument("--profile", action="store_true", help="print the top ops of one of our steps")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print("machine:", json.dumps(machine()))
+    print(f"optimizer: AdamW lr={LR} weight_decay={WEIGHT_DECAY}; ours fused, hf foreach (torch default)")
+    results = [run_config(name, args) for name in (CONFIGS if args.config == "all" else [args.config])]
+    for r in results:
+        print(json.dumps(r))
+    return 0
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
