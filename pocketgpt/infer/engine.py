@@ -92,12 +92,13 @@ class Engine:
     """Continuous-batching generation over one model (and optionally its tokenizer, for text)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer=None, *, max_batch: int = 8,
-                 max_len: int | None = None, threads: int | None = None) -> None:
+                 max_len: int | None = None, threads: int | None = None, fast: bool = True) -> None:
         """`max_batch` slots of `max_len` positions (default block_size) are allocated once, here.
-        `threads`: intra-op threads per step (default: 1 for small CPU models, else torch's)."""
+        `threads`: intra-op threads per step (default: 1 for small CPU models, else torch's).
+        `fast=False` decodes through the model's modules instead of `fast_decode` (the reference)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.scheduler = Scheduler(model, max_batch=max_batch, max_len=max_len, threads=threads,
+        self.scheduler = Scheduler(model, max_batch=max_batch, max_len=max_len, threads=threads, fast=fast,
                                    token_bytes=tokenizer.token_bytes if tokenizer is not None else None)
         self._lock = threading.Lock()  # guards the waiting queue between submitters and the stepper
         self._wake = threading.Condition(self._lock)

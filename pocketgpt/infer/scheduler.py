@@ -7,9 +7,11 @@ its own length, so a newcomer's prompt is prefilled into a free slot while the o
 
     step():  drop cancelled  ->  admit waiting (prefill, first token)  ->  one batched decode step
 
-Each request keeps its own `SamplingParams`, generator, penalty counts and text stream. A step
-computes logits for the last position only, and runs small CPU models on one intra-op thread
-(`step_threads`). Single threaded by design: `engine.py` adds the locks, the background loop and the handles.
+Each request keeps its own `SamplingParams`, generator, penalty counts and text stream. A prefill
+computes logits for the last position only; decode steps take `fast_decode.FastDecoder` (one token per
+row as plain tensor calls) when the model allows it, the module path otherwise; greedy rows share one
+argmax. Small CPU models run on one intra-op thread (`step_threads`). Single threaded by design:
+`engine.py` adds the locks, the background loop and the handles.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pocketgpt.infer.fast_decode import FastDecoder, unsupported
 from pocketgpt.infer.sampling import SamplingParams, apply_penalties, pick
 from pocketgpt.infer.stream import TextStream
 
@@ -46,7 +49,9 @@ class Scheduler:
     """Runs the requests of one model in the slots of one `SlotKVCache`."""
 
     def __init__(self, model: torch.nn.Module, *, max_batch: int = 8, max_len: int | None = None,
-                 token_bytes: Callable[[int], bytes] | None = None, threads: int | None = None) -> None:
+                 token_bytes: Callable[[int], bytes] | None = None, threads: int | None = None,
+                 fast: bool = True) -> None:
+        """`fast=False` keeps every decode step on the module path (the reference the fast path is tested against)."""
         self.model = model
         self.threads = threads if threads is not None else step_threads(model)
         self.max_len = min(max_len or model.config.block_size, model.config.block_size)
@@ -55,6 +60,9 @@ class Scheduler:
         self.device = model.tok_emb.weight.device
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # running[i] lives in cache slot i
+        self.use_fast = fast
+        self.fast: FastDecoder | None = None
+        self._refresh_fast()
 
     @contextmanager
     def thread_setting(self) -> Iterator[None]:
@@ -101,6 +109,7 @@ class Scheduler:
     def _admit(self, req: Request) -> None:
         if req.cancelled or req.params.max_tokens == 0:
             return self._done(req, "cancelled" if req.cancelled else "length")
+        self._refresh_fast()
         i = len(self.running)
         self.cache.n = i + 1
         self.running.append(req)
@@ -110,18 +119,37 @@ class Scheduler:
         self.cache.set_length(i, len(req.prompt))
         self._emit(req, logits)
 
+    def _refresh_fast(self) -> None:
+        """(Re)read the weights for the fast path when they changed since the last request (a policy
+        trained between rollouts, a swapped-in adapter); drop it when the model no longer allows it."""
+        if not self.use_fast or (self.fast is not None and not self.fast.stale()):
+            return
+        self.fast = FastDecoder(self.model) if unsupported(self.model) is None else None
+
     def _decode(self) -> None:
-        """One token for every running row, in one forward (a plain batch-1 cache when alone)."""
+        """One token for every running row, in one forward."""
         n = len(self.running)
-        idx = torch.tensor([[r.last] for r in self.running], device=self.device)  # (n, 1)
-        if n == 1:  # no mask, no scatter: the batch-1 fast path
+        if self.fast is not None:
+            logits = self.fast.step(torch.tensor([r.last for r in self.running], device=self.device), self.cache)
+        elif n == 1:  # no mask, no scatter: the module path's batch-1 case
             row = self.cache.row(0)
-            logits = self._last_logits(idx, row)  # (1, V)
+            logits = self._last_logits(torch.tensor([[self.running[0].last]], device=self.device), row)  # (1, V)
             self.cache.set_length(0, row.pos)
         else:
+            idx = torch.tensor([[r.last] for r in self.running], device=self.device)  # (n, 1)
             logits = self._last_logits(idx, self.cache)  # (n, V)
-        for req, row_logits in zip(list(self.running), logits, strict=True):
-            self._emit(req, row_logits)
+        greedy = self._greedy_picks(logits)
+        for i, (req, row_logits) in enumerate(zip(list(self.running), logits, strict=True)):
+            self._emit(req, row_logits, greedy[i])
+
+    def _greedy_picks(self, logits: torch.Tensor) -> list[int | None]:
+        """The argmax of every row at once (one call, one host copy) for rows that pick greedily
+        without penalties; None for the rest, which `pick` samples one by one."""
+        plain = [r.params.greedy and not r.params.penalised for r in self.running]
+        if not any(plain):
+            return [None] * len(plain)
+        best = logits.argmax(dim=-1).tolist()  # (n,)
+        return [t if ok else None for t, ok in zip(best, plain, strict=True)]
 
     def _last_logits(self, idx: torch.Tensor, cache) -> torch.Tensor:
         """idx (B, T) -> logits of the last position only (B, V): the prompt's other T-1 rows of the
@@ -129,12 +157,14 @@ class Scheduler:
         h = self.model.hidden(idx, cache=cache)  # (B, T, C)
         return self.model.lm_head(h[:, -1])  # (B, V)
 
-    def _emit(self, req: Request, logits: torch.Tensor) -> None:
-        """Pick the next token from logits (V,), record it, and finish the request if it is done."""
+    def _emit(self, req: Request, logits: torch.Tensor, token: int | None = None) -> None:
+        """Pick the next token from logits (V,) (unless already `token`), record it, and finish the
+        request if it is done."""
         p = req.params
-        if p.penalised:
-            logits = apply_penalties(logits, p, req.seen, req.counts)
-        token = pick(logits, p, req.generator)
+        if token is None:
+            if p.penalised:
+                logits = apply_penalties(logits, p, req.seen, req.counts)
+            token = pick(logits, p, req.generator)
         if token in p.stop_ids:
             return self._finish(req, "stop")
         req.tokens.append(token)

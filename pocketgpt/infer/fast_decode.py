@@ -1,0 +1,232 @@
+"""The decode fast path: one new token per row through a GPT, as a short list of tensor calls.
+
+A decode step feeds one token per sequence, so every matmul is a matrix-vector product and a small
+model's step is all overhead: the module path (`GPT.hidden`) makes ~11 module calls per layer, splits
+and transposes heads, builds a mask, repeats keys for grouped-query attention. `FastDecoder` reads
+the model's weights once and runs the same recipe with ~12 tensor calls per layer and no modules:
+
+    x = tok_emb[ids] + pos_emb[pos]                              (n, C)
+    per layer:  qkv = norm1(x) @ Wqkv (+ RoPE on q and k together)  ->  k, v written at each row's length
+                y = sdpa(q grouped by kv head, K[:tk], V[:tk])   (a mask only when the rows' lengths differ)
+                x = x + y @ Wproj;   x = x + ffn(norm2(x))         (post-LN: the norms after the sums)
+    logits = ln_f(x) @ W_head                                    (n, V)
+
+Two layout choices, each measured (see docs/inference.md):
+  - A batch-1 step multiplies one row by each weight. MKL's product with the weight stored (in, out)
+    runs ~1.7x faster than with torch's (out, in) `nn.Linear` layout on wide matrices (qkv, the up
+    projection, the vocabulary head), so those get a transposed copy (`FastDecoder(transposed=True)`,
+    the default); batched steps (n > 1) keep the original layout, which is faster there.
+  - SwiGLU's gate and up projections are stacked into one matrix: one pass over the input, one call.
+
+Only models whose parts it knows take this path (`unsupported` says why another does not: mixture of
+experts, a swapped-in Linear such as LoRA or a quantized one, hooks, training mode); the engine then
+uses the module path. The copies are rebuilt when a parameter changes (an optimizer step, a load), so
+a policy trained between rollouts never decodes with stale weights (`stale` compares versions).
+Prefill stays on the module path. Knows nothing of sampling, requests or text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pocketgpt.model.attention import SlotKVCache
+from pocketgpt.model.blocks import LayerNorm, RMSNorm
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why `model` cannot take the fast path (None when it can)."""
+    from pocketgpt.model.gpt import GPT
+
+    if not isinstance(model, GPT):
+        return f"{type(model).__name__} is not a decoder-only GPT"
+    if model.training:
+        return "the model is in training mode (dropout); call model.eval()"
+    c = model.config
+    if c.n_expert > 0:
+        return "mixture-of-experts layers route tokens per row"
+    for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return f"module {name or 'model'} has forward hooks"
+    linears = [model.lm_head] + [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
+    linears += [b.mlp.gate for b in model.blocks if b.mlp.swiglu]
+    odd = next((type(m).__name__ for m in linears if type(m) is not nn.Linear), None)
+    if odd is not None:
+        return f"a {odd} replaces nn.Linear (adapter or quantized weights)"
+    norms = [m for b in model.blocks for m in (b.ln1, b.ln2)] + [model.ln_f]
+    if any(type(m) not in (LayerNorm, RMSNorm, nn.Identity) for m in norms):
+        return "an unknown norm module"
+    return None
+
+
+@dataclass
+class _Linear:
+    """One projection: `w` (out, in) as the model holds it, `wt` (in, out) contiguous or None, bias or None."""
+
+    w: torch.Tensor
+    wt: torch.Tensor | None
+    b: torch.Tensor | None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, in) -> (n, out)."""
+        if self.wt is not None and x.size(0) == 1:  # the layout a matrix-vector product reads fastest
+            return x @ self.wt if self.b is None else torch.addmm(self.b, x, self.wt)
+        return F.linear(x, self.w, self.b)
+
+
+def _norm(m: nn.Module):
+    """A norm module -> a function (n, C) -> (n, C) computing the same thing with one or two calls."""
+    if isinstance(m, LayerNorm):
+        shape, w, b, eps = m.weight.shape, m.weight, m.bias, m.eps
+        return lambda x: F.layer_norm(x, shape, w, b, eps)
+    if isinstance(m, RMSNorm):
+        w, eps = m.weight, m.eps
+        if w.dtype in (torch.float16, torch.bfloat16):  # the module computes in float32; so do we
+            return m.forward
+        return lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    return lambda x: x
+
+
+class _Layer:
+    """One block's weights in decode layout."""
+
+    def __init__(self, blk: nn.Module, transposed: bool) -> None:
+        attn, mlp = blk.attn, blk.mlp
+        self.norm1, self.norm2 = _norm(blk.ln1), _norm(blk.ln2)
+        self.qkv = _linear(attn.qkv.weight, attn.qkv.bias, transposed)
+        self.proj = _linear(attn.proj.weight, attn.proj.bias, transposed)
+        self.swiglu = mlp.swiglu
+        if self.swiglu:  # [gate; up] stacked: one product gives both halves
+            bias = None if mlp.fc.bias is None else torch.cat([mlp.gate.bias, mlp.fc.bias])
+            self.fc = _linear(torch.cat([mlp.gate.weight, mlp.fc.weight]), bias, transposed)
+        else:
+            self.fc, self.act = _linear(mlp.fc.weight, mlp.fc.bias, transposed), mlp.act
+        self.down = _linear(mlp.proj.weight, mlp.proj.bias, transposed)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)  # (n, d_ff) or (n, 2 d_ff)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)  # (n, C)
+        return self.down(self.act(h))  # (n, C)
+
+
+def _linear(w: torch.Tensor, b: torch.Tensor | None, transposed: bool) -> _Linear:
+    """Wide matrices (out >= in) get an (in, out) copy for batch-1 steps; the rest read faster as they are."""
+    wt = w.detach().t().contiguous() if transposed and w.size(0) >= w.size(1) else None
+    return _Linear(w.detach(), wt, None if b is None else b.detach())
+
+
+class FastDecoder:
+    """`step(ids, cache)`: logits (n, V) for one new token per active row of a `SlotKVCache`."""
+
+    def __init__(self, model: nn.Module, *, transposed: bool = True) -> None:
+        why = unsupported(model)
+        if why is not None:
+            raise ValueError(f"the decode fast path cannot run this model: {why}; use model.hidden instead")
+        self.model, self.transposed = model, transposed
+        c = model.config
+        self.n_head, self.n_kv_head, self.head_dim = c.n_head, c.n_kv_head, c.head_dim
+        self.pre_norm, self.positions = c.norm_placement == "pre", c.positions
+        self.tok_emb = model.tok_emb.weight.detach()  # (V, C)
+        self.pos_table = self._pos_table(model)  # (block_size, C) or None
+        self.rope = self._rope_tables(model) if c.positions == "rope" else None
+        self.layers = [_Layer(blk, transposed) for blk in model.blocks]
+        self.ln_f = _norm(model.ln_f)
+        self.head = _linear(model.lm_head.weight, None, transposed)
+        self._versions = self._fingerprint()
+
+    # -- staleness -----------------------------------------------------------------------------------
+    def _fingerprint(self) -> list[tuple[int, int, int]]:
+        return [(id(p), p._version, p.data_ptr()) for p in self.model.parameters()]
+
+    def stale(self) -> bool:
+        """True when any parameter changed (or was replaced) since the weights were read."""
+        return self._fingerprint() != self._versions
+
+    # -- the step ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, cache: SlotKVCache) -> torch.Tensor:
+        """ids (n,) long: the newest token of each of the cache's n active rows -> logits (n, V).
+        Writes each row's key/value at its length and advances the cache by one."""
+        n, lens = cache.n, cache.lens[: cache.n]
+        uniform = min(lens) == max(lens)
+        tk = max(lens) + 1
+        if tk > cache.max_len:
+            raise ValueError(f"KV cache full: {tk} positions > max_len {cache.max_len}; build a larger cache")
+        pos = torch.tensor(lens, device=ids.device) if not uniform else None  # (n,) per-row positions
+        x = self._embed(ids, lens[0] if uniform else pos)  # (n, C)
+        cos_sin = self._rope_at(lens[0] if uniform else pos)  # (1 or n, 1, hs) each, or None
+        K, V = cache.k[:, :n, :, :tk], cache.v[:, :n, :, :tk]  # (L, n, nkv, tk, hs) views
+        if uniform:  # every row writes at the same position: plain views, no index, no mask
+            k_at, v_at, mask = cache.k[:, :n, :, tk - 1], cache.v[:, :n, :, tk - 1], None  # (L, n, nkv, hs)
+        else:
+            k_at = v_at = cache._write_index()  # (n * nkv,) flat rows of a layer's buffer
+            mask = cache.step_mask()  # (n, 1, 1, tk): row b sees j <= lengths[b]
+        for i, layer in enumerate(self.layers):
+            x = self._block(i, layer, x, K[i], V[i], k_at, v_at, mask, cos_sin, cache)
+        cache.advance(1)
+        return self.head(self.ln_f(x))  # (n, V)
+
+    def _block(self, i, layer: _Layer, x, K, V, k_at, v_at, mask, cos_sin, cache) -> torch.Tensor:
+        """One layer for n rows: x (n, C) -> (n, C)."""
+        n, nh, nkv, hs = x.size(0), self.n_head, self.n_kv_head, self.head_dim
+        h = layer.norm1(x) if self.pre_norm else x
+        qkv = layer.qkv(h)  # (n, (nh + 2 nkv) hs)
+        qk = qkv[:, : (nh + nkv) * hs].view(n, nh + nkv, hs)  # (n, nh + nkv, hs)
+        if cos_sin is not None:  # rotate q and k in one go: x cos + rotate_half(x) sin
+            cos, sin, rot = cos_sin
+            qk = qk * cos + (qk @ rot) * sin  # (n, nh + nkv, hs)
+        q = qk[:, :nh].view(n, nkv, nh // nkv, hs)  # (n, nkv, rep, hs): query heads grouped by kv head
+        k, v = qk[:, nh:], qkv[:, (nh + nkv) * hs :].view(n, nkv, hs)  # (n, nkv, hs) each
+        if mask is None:
+            k_at[i].copy_(k)
+            v_at[i].copy_(v)
+        else:
+            cache.k[i].view(-1, hs).index_copy_(0, k_at, k.reshape(n * nkv, hs))
+            cache.v[i].view(-1, hs).index_copy_(0, v_at, v.reshape(n * nkv, hs))
+        # every query head of a group attends over its kv head's keys: GQA without repeating them
+        y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)  # (n, nkv, rep, hs)
+        x = x + layer.proj(y.reshape(n, nh * hs))  # (n, C)
+        if not self.pre_norm:
+            x = layer.norm1(x)
+        return x + layer.ffn(layer.norm2(x)) if self.pre_norm else layer.norm2(x + layer.ffn(x))
+
+    # -- positions ---------------------------------------------------------------------------------
+    @staticmethod
+    def _pos_table(model: nn.Module) -> torch.Tensor | None:
+        if model.config.positions == "learned":
+            return model.pos_emb.weight.detach()
+        if model.config.positions == "sinusoidal":
+            return model.pos_table
+        return None
+
+    def _embed(self, ids: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
+        x = F.embedding(ids, self.tok_emb)  # (n, C)
+        if self.pos_table is not None:
+            x = x + self.pos_table[pos].to(x.dtype)  # (C,) broadcast or (n, C)
+        return x
+
+    @staticmethod
+    def _rope_tables(model: nn.Module):
+        """cos/sin (block_size, hs) from the model's own RoPE (same float64 angles, so same values), and
+        the (hs, hs) signed permutation with x @ rot == rotate_half(x)."""
+        rope, dtype = model.blocks[0].attn.rope, model.tok_emb.weight.dtype
+        device = model.tok_emb.weight.device
+        cos, sin = rope.cos_sin(torch.arange(model.config.block_size, device=device), dtype)  # (P, hs)
+        hs, half = rope.head_dim, rope.head_dim // 2
+        rot = torch.zeros(hs, hs, dtype=dtype, device=device)
+        rot[torch.arange(half) + half, torch.arange(half)] = -1.0  # out[:half] = -x[half:]
+        rot[torch.arange(half), torch.arange(half) + half] = 1.0  # out[half:] = x[:half]
+        return cos, sin, rot
+
+    def _rope_at(self, pos: int | torch.Tensor):
+        if self.rope is None:
+            return None
+        cos, sin, rot = self.rope
+        if isinstance(pos, int):
+            return cos[pos], sin[pos], rot  # (hs,) broadcast over rows and heads
+        return cos[pos][:, None], sin[pos][:, None], rot  # (n, 1, hs)
