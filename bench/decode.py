@@ -4,9 +4,10 @@ plus our throughput with 8 concurrent sequences vs one.
 Same random fp32 weights everywhere: our model directory, its `export_hf` copy loaded by
 `transformers.GPT2LMHeadModel`, and its `export_gguf` (f32) copy run by `llama-cpp-python`.
 Each engine continues the same 16-token prompt for `--tokens` new tokens (greedy, no early stop);
-tokens/s = new tokens / wall time of the call (prefill included, best of `--repeat`).
+tokens/s = new tokens / wall time of the call (prefill included). The engines run in alternating
+rounds in this one process (a busy spell on the shared CPU hits all of them), best of `--repeat`.
 
-    python bench/decode.py [--models tiny,gpt2-124m] [--tokens 128] [--repeat 3]
+    python bench/decode.py [--models tiny,gpt2-124m] [--tokens 128] [--repeat 5]
 
 Ends with one JSON line per metric; ratio > 1 means ours is better.
 """
@@ -62,32 +63,40 @@ def build(preset: str, root: Path) -> Path:
     return save_model(GPT(cfg).eval(), root / preset, tokenizer_for(cfg.vocab_size))
 
 
-def best_rate(fn, n_tokens: int, repeat: int) -> float:
-    fn()  # warm-up (allocations, lazy init)
-    best = min(_timed(fn) for _ in range(repeat))
-    return n_tokens / best
-
-
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def ours(model_dir: Path, n: int, repeat: int, batch: int = 1) -> tuple[float, list[int]]:
+class Runner:
+    """One engine under test: `run()` generates once; `tokens` holds its last output; `rate` its best."""
+
+    def __init__(self, name: str, run, new_tokens: int) -> None:
+        self.name, self._run, self.new_tokens = name, run, new_tokens
+        self.tokens: list[int] = []
+        self.best = float("inf")
+
+    def __call__(self) -> None:
+        self.best = min(self.best, _timed(lambda: self.tokens.__setitem__(slice(None), self._run())))
+
+    @property
+    def rate(self) -> float:
+        return self.new_tokens / self.best
+
+
+def ours(model_dir: Path, n: int, batch: int = 1, fast: bool = True) -> Runner:
     from pocketgpt.infer.engine import Engine
     from pocketgpt.infer.sampling import SamplingParams
     from pocketgpt.model.checkpoint import load_model
 
     model, _ = load_model(model_dir)
-    engine = Engine(model, max_batch=batch, max_len=len(PROMPT) + n + 1)
+    engine = Engine(model, max_batch=batch, max_len=len(PROMPT) + n + 1, fast=fast)
     params = SamplingParams(max_tokens=n, temperature=0.0)
-    out: list = []
-    rate = best_rate(lambda: out.__setitem__(slice(None), engine.generate([PROMPT] * batch, params)), n * batch, repeat)
-    return rate, out[0].tokens
+    return Runner(f"ours x{batch}", lambda: engine.generate([PROMPT] * batch, params)[0].tokens, n * batch)
 
 
-def hf(model_dir: Path, tmp: Path, n: int, repeat: int) -> tuple[float, list[int]]:
+def hf(model_dir: Path, tmp: Path, n: int) -> Runner:
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -96,62 +105,71 @@ def hf(model_dir: Path, tmp: Path, n: int, repeat: int) -> tuple[float, list[int
     model = GPT2LMHeadModel.from_pretrained(export_hf(model_dir, tmp / "hf")).eval()
     ids = torch.tensor([PROMPT])
     kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    out: list = [None]
 
-    def run():
+    def run() -> list[int]:
         with torch.no_grad():
-            out[0] = model.generate(ids, **kw)[0, len(PROMPT):].tolist()
+            return model.generate(ids, **kw)[0, len(PROMPT):].tolist()
 
-    return best_rate(run, n, repeat), out[0]
+    return Runner("HF generate", run, n)
 
 
-def llama_cpp(model_dir: Path, tmp: Path, n: int, repeat: int) -> tuple[float, list[int]]:
+def llama_cpp(model_dir: Path, tmp: Path, n: int) -> Runner:
     import llama_cpp
 
     from pocketgpt.model.gguf_export import export_gguf
 
     path = export_gguf(model_dir, tmp / "m.gguf", "f32")
     llm = llama_cpp.Llama(str(path), n_ctx=len(PROMPT) + n + 8, n_threads=2, n_batch=64, verbose=False)
-    out: list = [None]
 
-    def run():
+    def run() -> list[int]:
         llm.reset()
         toks = []
         for t in llm.generate(PROMPT, top_k=1, temp=0.0, reset=True):
             toks.append(t)
             if len(toks) == n:
                 break
-        out[0] = toks
+        return toks
 
-    return best_rate(run, n, repeat), out[0]
+    return Runner("llama.cpp", run, n)
 
 
 def bench_model(preset: str, root: Path, n: int, repeat: int) -> list[dict]:
+    """All engines on one model, in alternating rounds (the CPU is shared: a slow spell hits every
+    engine, not one), best of `repeat` rounds each."""
     d = build(preset, root)
-    o1, o_tok = ours(d, n, repeat)
-    h, h_tok = hf(d, root / preset, n, repeat)
-    c, c_tok = llama_cpp(d, root / preset, n, repeat)
-    o8, _ = ours(d, n, repeat, batch=8)
-    same = sum(a == b for a, b in zip(o_tok, h_tok, strict=False))
-    print(f"{preset}: ours {o1:.1f} tok/s, HF generate {h:.1f}, llama.cpp {c:.1f}; 8 streams {o8:.1f} tok/s "
-          f"({o8 / o1:.2f}x); greedy tokens equal to HF's for {same}/{n}, "
-          f"to llama.cpp's for {sum(a == b for a, b in zip(o_tok, c_tok, strict=False))}/{n}")
+    runners = [ours(d, n), hf(d, root / preset, n), llama_cpp(d, root / preset, n), ours(d, n, batch=8)]
+    for r in runners:
+        r()  # warm-up (allocations, lazy init); not counted
+        r.best = float("inf")
+    load_before = os.getloadavg()[0]
+    for _ in range(repeat):
+        for r in runners:
+            r()
+    load_after = os.getloadavg()[0]
+    one, h, c, eight = runners
+    o1, o8 = one.rate, eight.rate
+    same_hf = sum(a == b for a, b in zip(one.tokens, h.tokens, strict=False))
+    same_cpp = sum(a == b for a, b in zip(one.tokens, c.tokens, strict=False))
+    print(f"{preset}: ours {o1:.1f} tok/s, HF generate {h.rate:.1f}, llama.cpp {c.rate:.1f}; 8 streams {o8:.1f} "
+          f"tok/s ({o8 / o1:.2f}x); greedy tokens equal to HF's for {same_hf}/{n}, to llama.cpp's for "
+          f"{same_cpp}/{n}; load average {load_before:.1f} -> {load_after:.1f}")
     goal_hf, goal_cpp = (3.0, 0.5) if preset == "tiny" else (None, 1.0)
-    rows = [{"bench": "decode", "metric": f"{preset}_batch1_tok_per_s", "ours": round(o1, 1),
-             "peer": "llama.cpp (llama-cpp-python, f32, n_threads=2)", "peer_value": round(c, 1),
-             "ratio": round(o1 / c, 3), "goal": goal_cpp},
-            {"bench": "decode", "metric": f"{preset}_batch1_tok_per_s", "ours": round(o1, 1),
-             "peer": "transformers generate()", "peer_value": round(h, 1), "ratio": round(o1 / h, 3), "goal": goal_hf},
-            {"bench": "decode", "metric": f"{preset}_8_streams_vs_1_tok_per_s", "ours": round(o8, 1),
+    common = {"bench": "decode", "load_avg": [round(load_before, 2), round(load_after, 2)]}
+    return [{**common, "metric": f"{preset}_batch1_tok_per_s", "ours": round(o1, 1),
+             "peer": "llama.cpp (llama-cpp-python, f32, n_threads=2)", "peer_value": round(c.rate, 1),
+             "ratio": round(o1 / c.rate, 3), "goal": goal_cpp},
+            {**common, "metric": f"{preset}_batch1_tok_per_s", "ours": round(o1, 1),
+             "peer": "transformers generate()", "peer_value": round(h.rate, 1), "ratio": round(o1 / h.rate, 3),
+             "goal": goal_hf},
+            {**common, "metric": f"{preset}_8_streams_vs_1_tok_per_s", "ours": round(o8, 1),
              "peer": "ours, single stream", "peer_value": round(o1, 1), "ratio": round(o8 / o1, 3), "goal": 4.0}]
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="tiny,gpt2-124m", help="comma-separated presets (default tiny,gpt2-124m)")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per run (default 128)")
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best counts (default 3)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed rounds; the best counts (default 5)")
     args = ap.parse_args(argv)
 
     import torch
