@@ -13,7 +13,8 @@ LLAMA = dict(positions="rope", norm="rmsnorm", activation="swiglu", bias=False, 
 
 def tiny_gpt(vocab_size: int = 64, block_size: int = 48, seed: int = 0, **kw) -> GPT:
     torch.manual_seed(seed)
-    return GPT(ModelConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, d_model=32, **kw)).eval()
+    shape = {"n_layer": 2, "n_head": 2, "d_model": 32, **kw}
+    return GPT(ModelConfig(vocab_size=vocab_size, block_size=block_size, **shape)).eval()
 
 
 def byte_tokenizer() -> Tokenizer:
