@@ -1,4 +1,5 @@
-"""`pocketgpt data fetch | list`: build and inspect the default corpora (see text/corpora.py)."""
+"""`pocketgpt data fetch | list | instructions`: build and inspect the default corpora (see
+text/corpora.py); write the built-in instruction tasks as JSONL (see tasks/, text/instructions.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         example="pocketgpt data list",
         func=list_cmd,
     )
+    _register_instructions(verbs)
 
 
 def fetch_cmd(args: argparse.Namespace) -> int:
@@ -65,6 +67,43 @@ def list_cmd(args: argparse.Namespace) -> int:
             print("run `pocketgpt data fetch` (add --force to rebuild corrupt files)")
 
     emit(args, status, human)
+    return 0
+
+
+def _register_instructions(verbs: argparse._SubParsersAction) -> None:
+    p = add_verb(
+        verbs,
+        "instructions",
+        help="write the built-in verifiable tasks as instruction JSONL (bilingual, seeded)",
+        example=("pocketgpt data instructions --out sft.jsonl --n 5000\n"
+                 "pocketgpt data instructions --out heldout.jsonl --split test --tasks arithmetic,translate "
+                 "--lang zh --format messages"),
+        func=instructions_cmd,
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="the JSONL file to write")
+    p.add_argument("--n", type=int, default=5000, help="examples in all, tasks interleaved (default 5000)")
+    p.add_argument("--tasks", default=None, metavar="A,B", help="built-in task names (default: all)")
+    p.add_argument("--lang", default="en,zh", metavar="en,zh", help="languages, alternating (default en,zh)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same file (default 0)")
+    p.add_argument("--format", choices=("alpaca", "messages"), default="alpaca",
+                   help="alpaca: instruction/input/output; messages: a user + assistant conversation")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="test draws held-out instruction templates and another seed stream")
+
+
+def instructions_cmd(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from pocketgpt import tasks
+    from pocketgpt.text.instructions import to_record, write_jsonl
+
+    examples = tasks.generate(args.n, seed=args.seed, tasks=args.tasks, langs=args.lang.split(","), split=args.split)
+    n = write_jsonl(args.out, (to_record(e, args.format) for e in examples))
+    per_task = Counter(e["task"] for e in examples)
+    report = {"out": str(args.out), "examples": n, "split": args.split, "format": args.format,
+              "seed": args.seed, "tasks": dict(per_task)}
+    emit(args, report, lambda: print(f"wrote {n} {args.split} examples ({args.format}) to {args.out}: "
+                                     + ", ".join(f"{k} {v}" for k, v in per_task.items())))
     return 0
 
 
