@@ -54,7 +54,7 @@ def make(rng: random.Random, lang: str, split: str) -> Example:
         time = f"{rng.choice(MONTHS)} {year}" if rng.random() < 0.5 else str(year)
     else:
         time = f"{year}年{rng.randint(1, 12)}月" if rng.random() < 0.5 else f"{year}年"
-    sentence = rng.choice(templates_for(SENTENCES[lang], split))
+    sentence = rng.choice(SENTENCES[lang])  # content frames are shared; the request phrasing is held out
     sentence = sentence.format(person=person, org=org, Org=org[:1].upper() + org[1:], time=time)
     fields = {"person": person, "time": time, "organization": org}
     if lang == "en":

@@ -36,7 +36,8 @@ INSTRUCTIONS = {
 def make(rng: random.Random, lang: str, split: str) -> Example:
     label = rng.choice(["positive", "negative"])
     subject, adj = rng.choice(SUBJECTS[lang]), rng.choice(ADJECTIVES[lang, label])
-    sentence = rng.choice(templates_for(SENTENCES[lang], split)).format(s=subject, S=subject.capitalize(), adj=adj)
+    sentence = rng.choice(SENTENCES[lang])  # content frames are shared; the request phrasing is held out
+    sentence = sentence.format(s=subject, S=subject.capitalize(), adj=adj)
     instruction = rng.choice(templates_for(INSTRUCTIONS[lang], split))
     return example(NAME, lang, instruction, sentence, LABELS[lang][label], label=label)
 
