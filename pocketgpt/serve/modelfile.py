@@ -156,7 +156,7 @@ def check_parameters(params: dict[str, Any], where: str = "parameters") -> dict[
     out: dict[str, Any] = {}
     for key, value in params.items():
         for v in value if key == "stop" and isinstance(value, list) else [value]:
-            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)) or key == "stop" and not isinstance(v, str):
                 raise ModelfileError(f"{where}: parameter {key} must be a {'string' if key == 'stop' else 'number'}, "
                                      f"got {json.dumps(v)}")
             checked = check_value(key, v if isinstance(v, str) else json.dumps(v), where)

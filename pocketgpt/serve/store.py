@@ -336,6 +336,10 @@ class Store:
         """Build `name` from a Modelfile: FROM a directory, a .gguf file, or another store model;
         then ADAPTER, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, LICENSE on top."""
         name = full_name(name)
+        if modelfile.template is not None:
+            from pocketgpt.serve.template import check_template
+
+            check_template(modelfile.template)  # a broken TEMPLATE fails here, not at the first chat
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
             layers, inherited = self._base_layers(modelfile)
@@ -574,14 +578,17 @@ def _parameter_count(store: Store, layers: list[dict[str, Any]]) -> int:
     layer = next((x for x in layers if x.get("name") == "model.safetensors"), None)
     if layer is None:
         return 0
-    with open(store.blob_path(layer["digest"]), "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n)) if 0 < n < 100_000_000 else {}
+    try:
+        with open(store.blob_path(layer["digest"]), "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 0 < n < 100_000_000 else {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return 0  # not a readable safetensors header; loading will say so with the details
     total = 0
     for key, t in header.items():
         if key != "__metadata__":
             count = 1
-            for dim in t.get("shape", []):
+            for dim in t.get("shape", []) if isinstance(t, dict) else []:
                 count *= dim
             total += count
     return total

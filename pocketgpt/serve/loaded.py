@@ -1,0 +1,109 @@
+"""A store model made ready to generate: weights + tokenizer + chat template + default options.
+
+    load_store_model(store, "tiny")          -> LoadedModel (materialize, load_model, adapter, template)
+    loaded.prompt_ids(messages)              -> token ids ending with the assistant header
+    loaded.sampling(options)                 -> SamplingParams from Ollama option names
+
+Ollama's option names map onto our SamplingParams (`infer/sampling.py`):
+
+    temperature -> temperature        top_k -> top_k (0 = off)     top_p, min_p -> top_p, min_p
+    num_predict -> max_tokens (-1 = until the context is full)     repeat_penalty -> repetition_penalty
+    stop -> stop (added to the template's own stop)                seed, presence/frequency_penalty as is
+    num_ctx -> the engine's context length (a load-time setting, not per request)
+
+Options a request gives override the model's PARAMETERs, which override Ollama's defaults.
+Used by `pocketgpt run` (serve/chat_cli.py) and the server's runner; knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pocketgpt.errors import PocketError
+from pocketgpt.serve.modelfile import check_parameters
+from pocketgpt.serve.store import Manifest, Store
+
+DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1, "num_predict": -1}
+
+
+@dataclass
+class LoadedModel:
+    """Everything needed to chat with one store model."""
+
+    manifest: Manifest
+    model: Any  # torch.nn.Module in eval mode
+    tokenizer: Any  # pocketgpt.text.bpe.Tokenizer
+    template: Any  # ChatTemplate or GoTemplate (serve/template.py)
+    options: dict[str, Any] = field(default_factory=dict)  # the model's PARAMETERs
+
+    @property
+    def context(self) -> int:
+        """Positions the model can attend over (num_ctx when set, never past block_size)."""
+        block = int(self.model.config.block_size)
+        return min(block, int(self.options.get("num_ctx", block)))
+
+    def messages(self, chat: Sequence[Mapping[str, str]], system: str | None = None) -> list[dict[str, str]]:
+        """The conversation the model sees: SYSTEM (or `system`) first unless the chat has one,
+        then the Modelfile's MESSAGEs, then `chat`."""
+        system = self.manifest.system if system is None else system
+        out: list[dict[str, str]] = []
+        if system and not any(m.get("role") == "system" for m in chat):
+            out.append({"role": "system", "content": system})
+        return out + [dict(m) for m in self.manifest.messages] + [dict(m) for m in chat]
+
+    def prompt_ids(self, chat: Sequence[Mapping[str, str]], system: str | None = None) -> list[int]:
+        """Token ids for `chat` (with system prompt and example messages), ending with the assistant header."""
+        return self.template.encode(self.tokenizer, self.messages(chat, system), add_generation_prompt=True)
+
+    def sampling(self, options: Mapping[str, Any] | None = None, prompt_len: int = 0):
+        """SamplingParams for a request: `options` over the model's PARAMETERs over Ollama's defaults."""
+        from pocketgpt.infer.sampling import SamplingParams
+
+        o = {**DEFAULTS, **self.options, **check_parameters(dict(options or {}), where="options")}
+        room = max(self.context - prompt_len - 1, 0)
+        n = int(o["num_predict"])
+        stop = list(dict.fromkeys([*self.template.stop, *o.get("stop", [])]))
+        special = self.tokenizer.special_tokens  # a stop string that is one special token stops by id
+        stop_ids = list(dict.fromkeys([*self.template.stop_ids(self.tokenizer), *(special[s] for s in stop if s in special)]))
+        return SamplingParams(
+            max_tokens=room if n < 0 else min(n, room),
+            temperature=float(o["temperature"]),
+            top_k=int(o["top_k"]) or None,
+            top_p=float(o["top_p"]) if float(o["top_p"]) < 1 else None,
+            min_p=float(o["min_p"]) if o.get("min_p") else None,
+            repetition_penalty=float(o["repeat_penalty"]),
+            presence_penalty=float(o.get("presence_penalty", 0.0)),
+            frequency_penalty=float(o.get("frequency_penalty", 0.0)),
+            stop_ids=tuple(stop_ids),
+            stop=tuple(s for s in stop if s not in special),
+            seed=int(o["seed"]) if "seed" in o else None,
+        )
+
+
+def load_store_model(store: Store, name: str, *, device: str = "cpu", dtype: Any = None) -> LoadedModel:
+    """Materialize `name` from the store (verifying its blobs), load it, apply its adapter, pick its template."""
+    from pocketgpt.model.checkpoint import load_model
+    from pocketgpt.serve.template import chat_template
+
+    manifest = store.get(name)
+    model_dir = store.materialize(name)
+    model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
+    if tokenizer is None:
+        raise PocketError(f"model {manifest.name} has no tokenizer files; recreate it from a directory "
+                          "that has pocketgpt-tokenizer.json (Tokenizer.save) next to config.json")
+    if manifest.adapter is not None:
+        _apply_adapter(model, model_dir / "adapter.safetensors", manifest.name)
+    return LoadedModel(manifest, model, tokenizer, chat_template(manifest.template, tokenizer), dict(manifest.params))
+
+
+def _apply_adapter(model: Any, path: Any, name: str) -> None:
+    """Attach the LoRA adapter with the fine-tuning room's loader (model/peft.py)."""
+    try:
+        from pocketgpt.model.peft import load_adapter  # type: ignore[import-not-found]
+    except ImportError:
+        raise PocketError(f"model {name} has an ADAPTER, but this pocketgpt has no LoRA loader "
+                          "(pocketgpt.model.peft.load_adapter); merge the adapter into the weights and "
+                          "create the model from the merged directory") from None
+    load_adapter(model, path)
