@@ -220,3 +220,20 @@ def export_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
             atomic_write(out / name, (Path(model_dir) / name).read_bytes())
     atomic_write(out / "config.json", json.dumps(hf_config, indent=2) + "\n")
     return out
+
+
+def hf_twin(model: torch.nn.Module):
+    """The same model as a `transformers` GPT2LMHeadModel / LlamaForCausalLM in memory, holding a copy of
+    our weights (for benchmarks and tests that race or compare the two implementations)."""
+    import transformers
+
+    c = model.config
+    check_exportable(c)
+    hf_cfg = config_to_hf(c)
+    arch = hf_cfg.pop("architectures")[0]
+    config_cls = transformers.GPT2Config if c.flavour == "gpt2" else transformers.LlamaConfig
+    twin = getattr(transformers, arch)(config_cls(**hf_cfg))
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    twin.load_state_dict(state_dict_to_hf(sd, c), strict=False)  # a tied lm_head comes with the embeddings
+    twin.tie_weights()
+    return twin.train(model.training)

@@ -1,0 +1,130 @@
+"""Benchmark: same data, same wall-clock budget — who reaches the lower validation loss?
+
+Ours (pocketgpt GPT) and Hugging Face `GPT2LMHeadModel` start from identical weights (ours copied
+into HF's layout by `model.hf.hf_twin`) and train through the same loop (`train/loop.py`), with the
+same batches, AdamW settings, warmup and constant learning rate, for the same number of minutes
+each. Only the model implementation differs, so the faster forward/backward does more steps in the
+budget and should end lower. Both val losses are measured on the same held-out batches at the end;
+both curves (val loss against wall-clock seconds) go into one PNG.
+
+    python bench/pretrain_quality.py [--minutes 3] [--preset tiny] [--png bench/pretrain_quality.png]
+
+Ends with one JSON line; ratio = HF val loss / ours (> 1: ours lower, i.e. better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def run(name: str, model: torch.nn.Module, shape: torch.nn.Module, prepared, args, out: Path, forward) -> dict:
+    """Train `model` for args.minutes through the loop; returns val losses against seconds."""
+    from pocketgpt.train.loop import TrainConfig, train
+    from pocketgpt.train.pretrain import pretrain_stage
+
+    stage = pretrain_stage(shape, prepared, batch_size=args.batch_size, seed=0)  # batches by our config's shape
+    stage.name, stage.model = name, model
+    stage.loss = forward
+    stage.save = lambda m, d: None  # the benchmark keeps no model
+    stage.flops_per_token = None
+    start = time.perf_counter()
+    times: list[float] = []
+    evaluate_rows = stage.evaluate
+
+    def stamp(m):  # called at each eval: remember when, in training seconds
+        times.append(time.perf_counter() - start)
+        return evaluate_rows(m) if evaluate_rows else {}
+    stage.evaluate = stamp
+    cfg = TrainConfig(max_steps=10**9, max_minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=50, schedule="constant", eval_every=args.eval_every, eval_batches=20,
+                      ckpt_every=0, log_every=50, seed=0, progress=True, device="cpu")
+    res = train(stage, cfg, out / name)
+    vals = [r for r in res.history if "val_loss" in r]
+    return {"steps": res.steps, "val_loss": res.val_loss, "curve": [(t, r["val_loss"]) for t, r in zip(times, vals, strict=False)],
+            "tok_per_s": res.steps * args.batch_size * model.config.block_size / max(times[-1], 1e-9) if times else 0}
+
+
+def plot(curves: dict[str, list[tuple[float, float]]], png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, pts in curves.items():
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", ms=3, label=name)
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget per model (default 3)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--png", type=Path, default=Path("bench/pretrain_quality.png"))
+    args = p.parse_args(argv)
+
+    from pocketgpt.config import get_preset
+    from pocketgpt.eval.machine import machine
+    from pocketgpt.model.gpt import GPT
+    from pocketgpt.model.hf import hf_twin
+    from pocketgpt.train.pretrain import prepare_data
+
+    torch.set_num_threads(2)
+    config = get_preset(args.preset)
+    prepared = prepare_data(None, vocab_size=config.vocab_size)
+    config = config.replace(vocab_size=prepared.tokenizer.vocab_size, block_size=args.block_size, dropout=0.0)
+    print("machine:", json.dumps(machine("transformers")))
+    print(f"config: preset {args.preset} {config.n_layer}L/{config.n_head}H/{config.d_model}d, T={config.block_size}, "
+          f"B={args.batch_size}, vocab {config.vocab_size}, lr {args.lr} constant after 50 warmup steps, "
+          f"{args.minutes} min each, data: the default corpus ({prepared.shards})")
+    torch.manual_seed(0)
+    ours = GPT(config)
+    hf = hf_twin(ours)
+
+    def ours_loss(model, batch):
+        x, y = batch
+        return model(x, y)
+
+    def hf_loss(model, batch):
+        x, y = batch
+        logits = model(input_ids=x).logits  # (B, T, V)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r_ours = run("ours", ours, ours, prepared, args, Path(tmp), ours_loss)
+        r_hf = run("hf", hf, ours, prepared, args, Path(tmp), hf_loss)
+    plot({f"pocketgpt ({r_ours['steps']} steps)": r_ours["curve"], f"HF GPT2LMHeadModel ({r_hf['steps']} steps)": r_hf["curve"]},
+         args.png, f"same data, {args.minutes} min each, 2 CPU threads")
+    print(f"ours: {r_ours['steps']} steps, val loss {r_ours['val_loss']:.4f}")
+    print(f"hf:   {r_hf['steps']} steps, val loss {r_hf['val_loss']:.4f}")
+    print(f"curves: {args.png}")
+    print(json.dumps({"bench": "pretrain_quality", "metric": f"val_loss_after_{args.minutes:g}_min",
+                      "ours": round(r_ours["val_loss"], 4), "peer": "transformers GPT2LMHeadModel, same loop",
+                      "peer_value": round(r_hf["val_loss"], 4), "ratio": round(r_hf["val_loss"] / r_ours["val_loss"], 4),
+                      "goal": 1.0}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
