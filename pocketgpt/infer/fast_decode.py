@@ -13,7 +13,7 @@ the model's weights once and runs the same recipe with ~12 tensor calls per laye
 
 A large model's step is the other extreme: it streams every weight from memory once, and
 `F.linear` on one row reads only ~12 GB/s on our CPU where the memory gives ~40 GB/s to 2 threads.
-`_Linear` runs the same product as a batched product over blocks of the weight (views, never copies:
+`_Blocked` runs the same product as a batched product over blocks of the weight (views, never copies:
 the step reads each weight exactly once and holds no second copy), which reaches ~35-40 GB/s.
 
 Only models whose parts it knows take this path (`unsupported` says why another does not: mixture of
@@ -25,6 +25,8 @@ Prefill stays on the module path. Knows nothing of sampling, requests or text.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -59,7 +61,16 @@ def unsupported(model: nn.Module) -> str | None:
     return None
 
 
-class _Linear:
+def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int):
+    """y = x W^T + b as a function of x (n, in) -> (n, out): `F.linear` with the weight bound (small,
+    cache-resident weights: fastest there, and a C call, no Python frame), else `_Blocked`."""
+    w, b = w.detach(), None if b is None else b.detach()
+    if w.numel() >= chunk_min and (_divisor(w.size(0), 4, 64) or _divisor(w.size(1), 4, 4)):
+        return _Blocked(w, b)
+    return partial(F.linear, weight=w, bias=b)
+
+
+class _Blocked:
     """One projection y = x W^T + b over the model's own weight (no copy), in the form that reads a
     large weight fastest on a CPU (measured on GPT-2-124M's matrices, 2 threads, fp32, see
     docs/inference.md):
@@ -69,15 +80,14 @@ class _Linear:
         ~35-40 GB/s, where `F.linear`'s single matrix-vector product reads ~12 GB/s.
       - several rows: the inner dimension split into 4 blocks (c, in/c) -> four partial products summed,
         ~1.3-1.5x faster than `F.linear`'s matrix-matrix product at n = 8.
-      - small weights (below `chunk_min` elements, cache-resident): `F.linear`, which is fastest there.
+      - a shape with no such blocks: `F.linear`.
     """
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, chunk_min: int) -> None:
-        self.w, self.b = w.detach(), None if b is None else b.detach()
-        out, inner = self.w.shape
-        big = self.w.numel() >= chunk_min
-        self.rows = _divisor(out, 4, 64) if big else None  # row blocks for n = 1
-        self.cols = _divisor(inner, 4, 4) if big else None  # inner blocks for n > 1
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+        self.w, self.b = w, b
+        out, inner = w.shape
+        self.rows = _divisor(out, 4, 64)  # row blocks for n = 1
+        self.cols = _divisor(inner, 4, 4)  # inner blocks for n > 1
         if self.rows:
             c = self.rows
             self.w_rows = self.w.view(c, out // c, inner)  # (c, out/c, in)
@@ -113,8 +123,7 @@ CHUNK_MIN = 1 << 20  # weights of >= 1M elements (4 MB in fp32) stream from memo
 def _norm(m: nn.Module):
     """A norm module -> a function (n, C) -> (n, C) computing the same thing with one or two calls."""
     if isinstance(m, LayerNorm):
-        shape, w, b, eps = m.weight.shape, m.weight, m.bias, m.eps
-        return lambda x: F.layer_norm(x, shape, w, b, eps)
+        return partial(torch.layer_norm, normalized_shape=m.weight.shape, weight=m.weight, bias=m.bias, eps=m.eps)
     if isinstance(m, RMSNorm):
         w, eps = m.weight, m.eps
         if w.dtype in (torch.float16, torch.bfloat16):  # the module computes in float32; so do we
@@ -123,18 +132,21 @@ def _norm(m: nn.Module):
     return lambda x: x
 
 
+_ACTS = {"gelu_tanh": partial(F.gelu, approximate="tanh"), "gelu": F.gelu, "relu": F.relu}  # C calls, no lambda
+
+
 class _Layer:
     """One block's weights in decode layout."""
 
-    def __init__(self, blk: nn.Module, chunk_min: int) -> None:
+    def __init__(self, blk: nn.Module, chunk_min: int, activation: str) -> None:
         attn, mlp = blk.attn, blk.mlp
         self.norm1, self.norm2 = _norm(blk.ln1), _norm(blk.ln2)
-        self.qkv = _Linear(attn.qkv.weight, attn.qkv.bias, chunk_min)
-        self.proj = _Linear(attn.proj.weight, attn.proj.bias, chunk_min)
-        self.fc = _Linear(mlp.fc.weight, mlp.fc.bias, chunk_min)
-        self.gate = _Linear(mlp.gate.weight, mlp.gate.bias, chunk_min) if mlp.swiglu else None
-        self.act = None if mlp.swiglu else mlp.act
-        self.down = _Linear(mlp.proj.weight, mlp.proj.bias, chunk_min)
+        self.qkv = _linear(attn.qkv.weight, attn.qkv.bias, chunk_min)
+        self.proj = _linear(attn.proj.weight, attn.proj.bias, chunk_min)
+        self.fc = _linear(mlp.fc.weight, mlp.fc.bias, chunk_min)
+        self.gate = _linear(mlp.gate.weight, mlp.gate.bias, chunk_min) if mlp.swiglu else None
+        self.act = None if mlp.swiglu else _ACTS.get(activation, mlp.act)
+        self.down = _linear(mlp.proj.weight, mlp.proj.bias, chunk_min)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
         """x (n, C) -> (n, C): proj(act(fc(x))), or proj(silu(gate(x)) * fc(x)) for SwiGLU."""
@@ -159,9 +171,9 @@ class FastDecoder:
         self.tok_emb = model.tok_emb.weight.detach()  # (V, C)
         self.pos_table = self._pos_table(model)  # (block_size, C) or None
         self.rope = self._rope_tables(model) if c.positions == "rope" else None
-        self.layers = [_Layer(blk, chunk_min) for blk in model.blocks]
+        self.layers = [_Layer(blk, chunk_min, c.activation) for blk in model.blocks]
         self.ln_f = _norm(model.ln_f)
-        self.head = _Linear(model.lm_head.weight, None, chunk_min)
+        self.head = _linear(model.lm_head.weight, None, chunk_min)
         self._versions = self._fingerprint()
 
     # -- staleness -----------------------------------------------------------------------------------
@@ -185,36 +197,40 @@ class FastDecoder:
         pos = torch.tensor(lens, device=ids.device) if not uniform else None  # (n,) per-row positions
         x = self._embed(ids, lens[0] if uniform else pos)  # (n, C)
         cos_sin = self._rope_at(lens[0] if uniform else pos)  # (1 or n, 1, hs) each, or None
-        K, V = cache.k[:, :n, :, :tk], cache.v[:, :n, :, :tk]  # (L, n, nkv, tk, hs) views
+        K, V = cache.k[:, :n, :, :tk].unbind(0), cache.v[:, :n, :, :tk].unbind(0)  # L x (n, nkv, tk, hs) views
         if uniform:  # every row writes at the same position: plain views, no index, no mask
-            k_at, v_at, mask = cache.k[:, :n, :, tk - 1], cache.v[:, :n, :, tk - 1], None  # (L, n, nkv, hs)
+            k_at, v_at = cache.k[:, :n, :, tk - 1].unbind(0), cache.v[:, :n, :, tk - 1].unbind(0)  # L x (n, nkv, hs)
+            index = mask = None
         else:
-            k_at = v_at = cache._write_index()  # (n * nkv,) flat rows of a layer's buffer
+            k_at, v_at = cache.k.unbind(0), cache.v.unbind(0)  # L x (S, nkv, max_len, hs)
+            index = cache._write_index()  # (n * nkv,) flat rows of a layer's buffer
             mask = cache.step_mask()  # (n, 1, 1, tk): row b sees j <= lengths[b]
-        for i, layer in enumerate(self.layers):
-            x = self._block(i, layer, x, K[i], V[i], k_at, v_at, mask, cos_sin, cache)
+        for layer, K_i, V_i, k_i, v_i in zip(self.layers, K, V, k_at, v_at, strict=True):
+            x = self._block(layer, x, K_i, V_i, k_i, v_i, index, mask, cos_sin)
         cache.advance(1)
         return self.head(self.ln_f(x))  # (n, V)
 
-    def _block(self, i, layer: _Layer, x, K, V, k_at, v_at, mask, cos_sin, cache) -> torch.Tensor:
-        """One layer for n rows: x (n, C) -> (n, C)."""
+    def _block(self, layer: _Layer, x, K, V, k_at, v_at, index, mask, cos_sin) -> torch.Tensor:
+        """One layer for n rows: x (n, C) -> (n, C). K/V (n, nkv, tk, hs) are this layer's cache views;
+        the new k/v go to k_at/v_at (n, nkv, hs), or through `index` into the flat buffers when ragged."""
         n, nh, nkv, hs = x.size(0), self.n_head, self.n_kv_head, self.head_dim
         h = layer.norm1(x) if self.pre_norm else x
-        qkv = layer.qkv(h)  # (n, (nh + 2 nkv) hs)
-        qk = qkv[:, : (nh + nkv) * hs].view(n, nh + nkv, hs)  # (n, nh + nkv, hs)
-        if cos_sin is not None:  # rotate q and k in one go: x cos + rotate_half(x) sin
+        qkv = layer.qkv(h).view(n, nh + 2 * nkv, hs)  # (n, nh + 2 nkv, hs): q heads, k heads, v heads
+        if cos_sin is None:
+            q, k, v = qkv.split((nh, nkv, nkv), dim=1)
+        else:  # rotate q and k in one go: x cos + rotate_half(x) sin
             cos, sin, rot = cos_sin
+            qk, v = qkv.split((nh + nkv, nkv), dim=1)
             qk = qk * cos + (qk @ rot) * sin  # (n, nh + nkv, hs)
-        q = qk[:, :nh].view(n, nkv, nh // nkv, hs)  # (n, nkv, rep, hs): query heads grouped by kv head
-        k, v = qk[:, nh:], qkv[:, (nh + nkv) * hs :].view(n, nkv, hs)  # (n, nkv, hs) each
-        if mask is None:
-            k_at[i].copy_(k)
-            v_at[i].copy_(v)
+            q, k = qk.split((nh, nkv), dim=1)
+        if index is None:
+            k_at.copy_(k)
+            v_at.copy_(v)
         else:
-            cache.k[i].view(-1, hs).index_copy_(0, k_at, k.reshape(n * nkv, hs))
-            cache.v[i].view(-1, hs).index_copy_(0, v_at, v.reshape(n * nkv, hs))
+            k_at.view(-1, hs).index_copy_(0, index, k.reshape(n * nkv, hs))
+            v_at.view(-1, hs).index_copy_(0, index, v.reshape(n * nkv, hs))
         # every query head of a group attends over its kv head's keys: GQA without repeating them
-        y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)  # (n, nkv, rep, hs)
+        y = F.scaled_dot_product_attention(q.view(n, nkv, nh // nkv, hs), K, V, attn_mask=mask)  # (n, nkv, rep, hs)
         x = x + layer.proj(y.reshape(n, nh * hs))  # (n, C)
         if not self.pre_norm:
             x = layer.norm1(x)

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pocketgpt.infer.engine import Engine
-from pocketgpt.infer.fast_decode import FastDecoder, _Linear, unsupported
+from pocketgpt.infer.fast_decode import FastDecoder, _linear, unsupported
 from pocketgpt.infer.sampling import SamplingParams
 from tests.infer.helpers import LLAMA, tiny_gpt
 
@@ -55,14 +55,14 @@ def test_fast_step_equals_full_recomputation(flavour, starts, chunk_min):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(96, 40), (97, 40), (64, 41)], ids=["blocks", "prime-out", "odd-in"])
+@pytest.mark.parametrize("shape", [(96, 40), (97, 40), (64, 41), (97, 41)], ids=["blocks", "prime-out", "odd-in", "neither"])
 @pytest.mark.parametrize("n", [1, 3])
 def test_blocked_products_equal_linear(shape, bias, n):
     torch.manual_seed(0)
     w = torch.randn(shape)
     b = torch.randn(shape[0]) if bias else None
     x = torch.randn(n, shape[1])
-    torch.testing.assert_close(_Linear(w, b, chunk_min=1)(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_linear(w, b, chunk_min=1)(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("flavour", [{}, LLAMA], ids=["gpt2", "llama"])
