@@ -48,12 +48,12 @@ class ChatSession:
     # -- a turn ----------------------------------------------------------------------------------------
     def ask(self, prompt: str) -> str:
         """Send `prompt` as the user's turn, stream the reply to `out`, remember both."""
-        self.history.append({"role": "user", "content": prompt})
-        ids = self._fit_prompt()
-        if ids is None:
-            self.history.pop()
+        turn = {"role": "user", "content": prompt}
+        if len(self.loaded.prompt_ids([turn], system=self.system)) >= self.loaded.context - 1:
             raise PocketError(f"the message alone is longer than the model's context ({self.loaded.context} tokens); "
                               "send a shorter one")
+        self.history.append(turn)
+        ids = self._fit_prompt()
         params = self.loaded.sampling(self.options, prompt_len=len(ids))
         start = time.perf_counter()
         handle = self.engine.submit(ids, params)
@@ -72,15 +72,13 @@ class ChatSession:
             self._stats(len(ids), len(handle.tokens), time.perf_counter() - start)
         return text
 
-    def _fit_prompt(self) -> list[int] | None:
-        """Prompt ids for the history, dropping the oldest turns until there is room to answer."""
-        room = self.loaded.context - 1
+    def _fit_prompt(self) -> list[int]:
+        """Prompt ids for the history, dropping the oldest turns until there is room to answer
+        (the newest message alone fits: `ask` checked)."""
         while True:
             ids = self.loaded.prompt_ids(self.history, system=self.system)
-            if len(ids) < room:
+            if len(ids) < self.loaded.context - 1 or len(self.history) <= 1:
                 return ids
-            if len(self.history) <= 1:
-                return None
             del self.history[:2]  # the oldest user turn and its answer
 
     def _stats(self, n_prompt: int, n_eval: int, seconds: float) -> None:

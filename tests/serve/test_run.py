@@ -1,0 +1,170 @@
+"""`pocketgpt run`: one-shot answers and the REPL, as real subprocesses fed through stdin, checked
+against a hand-written greedy loop over the same model; plus the in-process session's history rules."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pocketgpt.serve.chat_cli import ChatSession, _messages, run_chat
+from pocketgpt.serve.loaded import load_store_model
+from pocketgpt.serve.modelfile import Modelfile
+from pocketgpt.serve.store import Store
+from tests.serve.tiny_store import make_tiny_model
+
+pytestmark = pytest.mark.serve
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM = "你是一个助手。Be brief."
+MODELFILE = f'''FROM {{model}}
+PARAMETER temperature 0
+PARAMETER repeat_penalty 1
+PARAMETER num_predict 12
+SYSTEM """{SYSTEM}"""
+LICENSE """MIT License
+Copyright (c) 2026 pocketgpt"""
+'''
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    model = make_tiny_model(home / "src")
+    (home / "Modelfile").write_text(MODELFILE.format(model=model), encoding="utf-8")
+    Store(home / "models").create("tiny-chat", Modelfile.load(home / "Modelfile"))
+    return home
+
+
+def pocketgpt(home: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "POCKETGPT_HOME": str(home), "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run([sys.executable, "-m", "pocketgpt", *argv], input=stdin, capture_output=True,
+                          text=True, encoding="utf-8", cwd=REPO, env=env, timeout=300)
+
+
+@torch.no_grad()
+def greedy_reference(home: Path, chat: list[dict], n: int = 12, system: str = SYSTEM) -> str:
+    """The expected answer, without the engine or the template code: the prompt written out by hand
+    in pocketgpt's chat format, then argmax over the full forward pass, token by token."""
+    from pocketgpt.model.checkpoint import load_model
+
+    model, tok = load_model(home / "src")
+    text = f"<|system|>{system}<|end|>\n" if system else ""
+    for m in chat:
+        text += f"<|{m['role']}|>{m['content']}<|end|>\n"
+    ids = tok.encode(text + "<|assistant|>", allowed_special="all")
+    stops = {tok.special_tokens["<|end|>"], tok.special_tokens["<|endoftext|>"]}
+    out: list[int] = []
+    for _ in range(n):
+        logits = model(torch.tensor([ids + out]))  # (1, T, V)
+        nxt = int(logits[0, -1].argmax())
+        if nxt in stops:
+            break
+        out.append(nxt)
+    return tok.decode(out)
+
+
+def test_one_shot_streams_the_greedy_answer(home):
+    r = pocketgpt(home, "run", "tiny-chat", "你好，今天天气怎么样？")
+    assert r.returncode == 0, r.stderr
+    want = greedy_reference(home, [{"role": "user", "content": "你好，今天天气怎么样？"}])
+    assert r.stdout == want + "\n"
+
+
+def test_repl_over_stdin(home):
+    script = "\n".join([
+        "/show system",
+        "/set parameter top_p 5",  # refused, the session goes on
+        "/set parameter temperature 0",
+        "/set parameter stop \\n\\n",
+        "/show parameters",
+        "hello there",
+        "/show license",
+        "/show template",
+        "/show info",
+        "/show modelfile",
+        "/nope",
+        "/clear",
+        '"""first line',
+        'second line"""',
+        "/set system 你只说中文。",
+        "/show system",
+        "/bye",
+        "this line is never answered",
+    ]) + "\n"
+    r = pocketgpt(home, "run", "tiny-chat", stdin=script)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert SYSTEM in out
+    assert "out of range" in out and "top_p" in out
+    assert "Set parameter 'temperature' to '0'" in out
+    assert "temperature 0.0" in out and "num_predict 12" in out
+    assert greedy_reference(home, [{"role": "user", "content": "hello there"}]) + "\n" in out
+    assert "MIT License\nCopyright (c) 2026 pocketgpt" in out
+    assert "pocketgpt:" in out  # the template in use
+    assert "context length      128" in out and "embedding length    64" in out
+    assert "FROM tiny-chat:latest" in out
+    assert "Unknown command '/nope'" in out
+    assert "Cleared session context" in out
+    # after /clear the multi-line message is the whole conversation
+    assert greedy_reference(home, [{"role": "user", "content": "first line\nsecond line"}]) + "\n" in out
+    assert "你只说中文。" in out
+    assert out.count("\n") < 80  # nothing after /bye was answered
+
+
+def test_run_errors(home):
+    r = pocketgpt(home, "run", "missing-model", "hi")
+    assert r.returncode == 2 and "not found" in r.stderr and "tiny-chat:latest" in r.stderr
+    r = pocketgpt(home, "run", "tiny-chat", "hi", "--temperature", "-1")
+    assert r.returncode == 2 and "out of range" in r.stderr
+
+
+def test_seeded_sampling_is_reproducible(home):
+    a = pocketgpt(home, "run", "tiny-chat", "Elizabeth", "--temperature", "1", "--seed", "7")
+    b = pocketgpt(home, "run", "tiny-chat", "Elizabeth", "--temperature", "1", "--seed", "7")
+    assert a.returncode == 0 and a.stdout == b.stdout
+
+
+# --- in-process: the session's rules -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def loaded(home):
+    return load_store_model(Store(home / "models"), "tiny-chat")
+
+
+def test_history_carries_previous_turns(loaded, home):
+    out = io.StringIO()
+    run_chat(loaded, stdin=io.StringIO("first question\nsecond question\n"), stdout=out)
+    first = greedy_reference(home, [{"role": "user", "content": "first question"}])
+    second = greedy_reference(home, [{"role": "user", "content": "first question"},
+                                     {"role": "assistant", "content": first},
+                                     {"role": "user", "content": "second question"}])
+    assert out.getvalue() == f"{first}\n{second}\n"
+
+
+def test_long_conversations_drop_the_oldest_turns(loaded):
+    from pocketgpt.infer.engine import Engine
+
+    engine = Engine(loaded.model, loaded.tokenizer, max_batch=1, max_len=loaded.context).start()
+    try:
+        session = ChatSession(loaded, engine, io.StringIO())
+        for i in range(12):  # far more than 128 tokens of conversation
+            session.ask(f"message number {i}: It is a truth universally acknowledged.")
+            sent = session.history[:-1]  # the prompt that was sent: everything but the new answer
+            assert len(loaded.prompt_ids(sent)) < loaded.context
+        assert session.history[-2]["content"].startswith("message number 11")
+        assert not any("number 0:" in m["content"] for m in session.history)
+        with pytest.raises(Exception, match="longer than the model's context"):
+            session.ask("word " * 400)
+        assert session.history[-2]["content"].startswith("message number 11")  # the refused turn is not kept
+    finally:
+        engine.stop()
+
+
+def test_multi_line_messages():
+    got = list(_messages(io.StringIO('one\n"""a\n\nb"""\n  """inline"""  \n"""\nx\n"""\nlast\n'), io.StringIO()))
+    assert got == ["one", "a\n\nb", "inline", "x", "last"]
