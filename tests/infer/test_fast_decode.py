@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pocketgpt.infer import fast_decode
 from pocketgpt.infer.engine import Engine
 from pocketgpt.infer.fast_decode import FastDecoder, _linear, unsupported
 from pocketgpt.infer.sampling import SamplingParams
@@ -54,10 +55,13 @@ def test_fast_step_equals_full_recomputation(flavour, starts, chunk_min):
             torch.testing.assert_close(g, full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "inner-blocks"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(96, 40), (97, 40), (64, 41), (97, 41)], ids=["blocks", "prime-out", "odd-in", "neither"])
 @pytest.mark.parametrize("n", [1, 3])
-def test_blocked_products_equal_linear(shape, bias, n):
+def test_blocked_products_equal_linear(shape, bias, n, onednn, monkeypatch):
+    if not onednn:
+        monkeypatch.setattr(fast_decode, "_onednn_linear", None)
     torch.manual_seed(0)
     w = torch.randn(shape)
     b = torch.randn(shape[0]) if bias else None
