@@ -62,10 +62,11 @@ def unsupported(model: nn.Module) -> str | None:
 
 
 def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int):
-    """y = x W^T + b as a function of x (n, in) -> (n, out): `F.linear` with the weight bound (small,
-    cache-resident weights: fastest there, and a C call, no Python frame), else `_Blocked`."""
+    """y = x W^T + b as a function of x (n, in) -> (n, out): `_Blocked` for large weights on a CPU, else
+    `F.linear` with the weight bound (small, cache-resident weights: fastest there; a C call, no Python frame)."""
     w, b = w.detach(), None if b is None else b.detach()
-    if w.numel() >= chunk_min and (_divisor(w.size(0), 4, 64) or _divisor(w.size(1), 4, 4)):
+    blocks = _divisor(w.size(0), 4, 64) or _divisor(w.size(1), 4, 4)
+    if w.device.type == "cpu" and w.numel() >= chunk_min and blocks:  # a GPU's own kernels are not memory-starved
         return _Blocked(w, b)
     return partial(F.linear, weight=w, bias=b)
 
