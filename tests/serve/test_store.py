@@ -354,3 +354,52 @@ def test_doctor_reports_an_unreadable_manifest(store, model_dirs):
     report = store.doctor(repair=True)
     assert report["broken"][0]["name"] == "a:latest" and "unreadable" in report["broken"][0]["problem"]
     assert store.names() == []
+
+
+# --- the CLI verbs ------------------------------------------------------------------------------------------------
+
+def test_cli_verbs(tmp_path, model_dirs, monkeypatch, capsys):
+    from pocketgpt.cli import main
+
+    monkeypatch.setenv("POCKETGPT_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        rc = main(list(argv))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    rc, out, _ = cli("create", "tiny", "--from", str(model_dirs[0]))
+    assert rc == 0 and out.startswith("created tiny:latest")
+    Path("Modelfile").write_text('FROM tiny\nPARAMETER temperature 0.3\nSYSTEM """多行\nsystem"""\nLICENSE MIT\n',
+                                 encoding="utf-8")
+    assert cli("create", "chat:v1")[0] == 0  # ./Modelfile by default
+    rc, out, _ = cli("list")
+    assert out.splitlines()[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"] and "chat:v1" in out and "tiny:latest" in out
+    rc, out, _ = cli("list", "--json")
+    assert {m["name"] for m in json.loads(out)["models"]} == {"chat:v1", "tiny:latest"}
+    rc, out, _ = cli("show", "chat:v1")
+    assert "embedding length    64" in out and "temperature         0.3" in out and "多行" in out
+    assert cli("show", "chat:v1", "--parameters")[1] == "temperature 0.3\n"
+    assert cli("show", "chat:v1", "--system")[1] == "多行\nsystem\n"
+    assert cli("show", "chat:v1", "--license")[1] == "MIT\n"
+    assert cli("show", "chat:v1", "--modelfile")[1].splitlines()[1] == "FROM chat:v1"
+    info = json.loads(cli("show", "chat:v1", "--json")[1])
+    assert info["model_info"]["context_length"] == 128 and info["parameters"] == {"temperature": 0.3}
+    assert cli("cp", "chat:v1", "copy")[0] == 0
+    rc, out, _ = cli("rm", "chat:v1", "copy")
+    assert rc == 0 and "deleted 'copy'" in out
+    rc, _, err = cli("rm", "tiny", "nope")  # all or nothing
+    assert rc == 2 and "'nope:latest' not found" in err and Store().names() == ["tiny:latest"]
+    rc, out, _ = cli("doctor")
+    assert rc == 0 and "everything is in order" in out
+    Store().add_bytes(b"orphan")
+    rc, out, _ = cli("doctor")
+    assert rc == 1 and "orphaned blob" in out and "doctor --repair" in out
+    rc, out, _ = cli("doctor", "--repair", "--json")
+    assert rc == 0 and json.loads(out)["repaired"]["deleted_orphans"] == 1
+    rc, _, err = cli("create", "Bad Name", "--from", str(model_dirs[0]))
+    assert rc == 2 and "invalid model name" in err
+    Path("Modelfile").write_text("FROM tiny\nPARAMETER top_p 7\n")
+    rc, _, err = cli("create", "x")
+    assert rc == 2 and "Modelfile:2:" in err and "out of range" in err
