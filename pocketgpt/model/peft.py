@@ -272,6 +272,16 @@ def virtual_ids(n_virtual: int, vocab_size: int, batch: int, device: torch.devic
     return torch.arange(vocab_size, vocab_size + n_virtual, device=device).expand(batch, -1)
 
 
+def with_soft_prompt(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+    """idx (B, T) -> (B, P + T) with the virtual ids in front when `model` is prompt-tuned, else idx.
+    For callers of `model.hidden(...)`, which the forward hooks do not see."""
+    cfg = peft_config(model)
+    if cfg is None or cfg.method != "prompt":
+        return idx
+    pre = virtual_ids(cfg.n_virtual, model.tok_emb.vocab_size, idx.size(0), idx.device)  # (B, P)
+    return torch.cat([pre, idx], dim=1)
+
+
 def _prompt_pre_hook(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     """Prepend the virtual ids to a fresh input (no cache, or an empty one); targets get -1 there
     (nothing to predict) and an attention mask gets 1s."""
@@ -553,3 +563,29 @@ def load_model_with_adapter(model_dir: str | os.PathLike, *, device: str | torch
         load_adapter(model, d, merge=merge)
     model.to(device=device, dtype=dtype).eval()
     return model, tok
+
+
+def save_tuned(model: nn.Module, out_dir: str | os.PathLike, tokenizer=None, *, merge: bool = False) -> Path:
+    """Write a fine-tuned model as a model directory: the base weights (config.json,
+    model.safetensors, tokenizer) plus, with an adapter attached, adapter.safetensors + adapter.json.
+    `merge=True` with LoRA writes the merged weights instead (a plain model, no adapter files);
+    the model in memory is left as it was either way."""
+    from pocketgpt.model.checkpoint import save_model
+
+    cfg = peft_config(model)
+    out = Path(out_dir)
+    if cfg is None:
+        return save_model(model, out, tokenizer)
+    if merge and cfg.method == "lora":
+        merge_lora(model)
+        try:
+            with detached(model):
+                save_model(model, out, tokenizer)
+        finally:
+            unmerge_lora(model)
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+            (out / name).unlink(missing_ok=True)
+        return out
+    with detached(model):
+        save_model(model, out, tokenizer)
+    return save_adapter(model, out)
