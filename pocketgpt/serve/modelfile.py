@@ -86,6 +86,26 @@ class Modelfile:
             raise ModelfileError(f"{p}: not UTF-8 text ({e}); save the Modelfile as UTF-8") from None
         return cls.parse(text, base_dir=p.resolve().parent, source=str(p))
 
+    def check(self) -> Modelfile:
+        """ModelfileError unless every field has the right type (for a Modelfile built from JSON,
+        e.g. the server's /api/create); parsing already guarantees it for text."""
+        if not isinstance(self.from_, str) or not self.from_.strip():
+            raise ModelfileError("FROM is missing: give a model directory, a .gguf file or a store model name")
+        for key in ("system", "template", "adapter"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ModelfileError(f"{key.upper()} must be a string, got {type(value).__name__}")
+        if not isinstance(self.license, list) or not all(isinstance(x, str) for x in self.license):
+            raise ModelfileError("LICENSE must be a list of strings")
+        if not isinstance(self.messages, list):
+            raise ModelfileError("MESSAGE list must be a list of {role, content}")
+        for i, m in enumerate(self.messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise ModelfileError(f"message {i}: expected {{'role': one of {', '.join(ROLES)}, "
+                                     f"'content': a string}}, got {m!r}")
+        self.parameters = check_parameters(self.parameters, where="PARAMETER")
+        return self
+
     def resolve(self, value: str) -> Path:
         """A path from the Modelfile, made absolute against `base_dir` (~ expanded)."""
         p = Path(value).expanduser()

@@ -28,142 +28,32 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pocketgpt.atomic import atomic_write, sha256_file
 from pocketgpt.errors import PocketError
-from pocketgpt.serve.modelfile import (
-    Modelfile,
-    ModelfileError,
-    ModelNameError,
-    check_parameters,
-    parameter_lines,
-    quote,
+from pocketgpt.serve.manifest import (  # noqa: F401  (re-exported: the store's public names)
+    ADAPTER_FILE,
+    KIND,
+    MANIFEST_TYPE,
+    MEDIA,
+    MODEL_FILES,
+    BlobError,
+    Manifest,
+    check_digest,
+    full_name,
+    parse_name,
 )
+from pocketgpt.serve.modelfile import Modelfile, ModelfileError, ModelNameError, check_parameters
 
-MANIFEST_TYPE = "application/vnd.pocketgpt.manifest.v1+json"
-MEDIA = {  # layer kind -> media type (the model directory's files are "file" layers with a name)
-    "file": "application/vnd.pocketgpt.file",
-    "adapter": "application/vnd.pocketgpt.adapter",
-    "params": "application/vnd.pocketgpt.params",
-    "system": "application/vnd.pocketgpt.system",
-    "template": "application/vnd.pocketgpt.template",
-    "messages": "application/vnd.pocketgpt.messages",
-    "license": "application/vnd.pocketgpt.license",
-}
-KIND = {v: k for k, v in MEDIA.items()}
-# the files of a model directory that belong in the store (not optimizer state, logs, samples)
-MODEL_FILES = ("config.json", "model.safetensors", "pocketgpt-tokenizer.json", "vocab.json", "merges.txt",
-               "tokenizer.tiktoken", "tokenizer.json", "chat_template.jinja", "quant.json",
-               "adapter.safetensors", "adapter.json", "adapter_config.json")
-ADAPTER_FILE = "adapter.safetensors"
 VERIFIED = ".verified.json"  # in a cache directory: the blob stats at verification time
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}(/[a-z0-9][a-z0-9._-]{0,79}){0,2}$")
-TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 CHUNK = 1 << 20
 
 
 class ModelNotFound(PocketError):
     """No model of that name in the store."""
-
-
-class BlobError(PocketError):
-    """A blob is missing, or its bytes do not match its sha256 digest."""
-
-
-# --- names --------------------------------------------------------------------------------------------
-
-def parse_name(name: str) -> tuple[str, str]:
-    """("name", "tag") from "name[:tag]" (tag defaults to "latest"); names are case-insensitive,
-    lowercase ASCII letters, digits, '.', '_', '-', with up to two '/' namespaces."""
-    if not isinstance(name, str) or not name.strip():
-        raise ModelNameError("a model name is empty; use e.g. `tiny` or `tiny:v1`")
-    raw = name.strip()
-    if "://" in raw:
-        raise ModelNameError(f"{raw!r} is a URL, not a model name; `pocketgpt pull {raw}` fetches it into the store")
-    base, sep, tag = raw.rpartition(":") if ":" in raw.rsplit("/", 1)[-1] else (raw, "", "latest")
-    base = base.lower()
-    if not sep:
-        tag = "latest"
-    if not NAME_RE.match(base) or ".." in base:
-        raise ModelNameError(f"invalid model name {raw!r}: use lowercase letters, digits, '.', '_' and '-' "
-                             "(starting with a letter or digit, at most 80 characters, optional namespace/), "
-                             "e.g. `my-model:v1`")
-    if not TAG_RE.match(tag):
-        raise ModelNameError(f"invalid tag {tag!r} in {raw!r}: use letters, digits, '.', '_' and '-' "
-                             "(at most 128), e.g. `:latest` or `:q8`")
-    return base, tag
-
-
-def full_name(name: str) -> str:
-    """The canonical "name:tag" form of a model name."""
-    base, tag = parse_name(name)
-    return f"{base}:{tag}"
-
-
-def check_digest(digest: str) -> str:
-    """A digest must be "sha256:" + 64 lowercase hex digits (also keeps blob names path-safe)."""
-    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-        raise BlobError(f"invalid digest {digest!r}; expected 'sha256:' followed by 64 hex digits")
-    return digest
-
-
-# --- the manifest -------------------------------------------------------------------------------------
-
-@dataclass
-class Manifest:
-    """One named model: its manifest document plus the small blobs it points at, read eagerly."""
-
-    name: str  # "name:tag"
-    digest: str  # sha256 of the manifest document's bytes
-    size: int  # bytes of all its blobs together
-    modified_at: str  # ISO 8601, UTC
-    layers: list[dict[str, Any]]
-    config: dict[str, Any] = field(default_factory=dict)  # the ModelConfig as a dict (config.json)
-    params: dict[str, Any] = field(default_factory=dict)
-    system: str | None = None
-    template: str | None = None
-    license: list[str] = field(default_factory=list)
-    messages: list[dict[str, str]] = field(default_factory=list)
-    adapter: str | None = None  # digest of the adapter blob
-    document: dict[str, Any] = field(default_factory=dict)  # the manifest exactly as stored
-
-    def to_json(self) -> dict[str, Any]:
-        """The manifest document as stored and as sent by push (`Store.put_manifest` accepts it)."""
-        return self.document
-
-    def summary(self) -> dict[str, Any]:
-        """What `list` / `/api/tags` show for a model."""
-        return {"name": self.name, "model": self.name, "digest": self.digest.removeprefix("sha256:"),
-                "size": self.size, "modified_at": self.modified_at, "details": self.details()}
-
-    def details(self) -> dict[str, Any]:
-        """Ollama's `details` block: format, family, parameter size, quantization."""
-        c = self.config
-        n = self.document.get("annotations", {}).get("parameter_count")
-        return {"format": "safetensors", "family": c.get("flavour") or c.get("arch") or "gpt",
-                "families": [c.get("flavour") or c.get("arch") or "gpt"],
-                "parameter_size": _human_count(n) if n else "", "quantization_level": _quant_level(c)}
-
-    def file_layers(self) -> dict[str, dict[str, Any]]:
-        """The model directory's files: file name -> layer."""
-        return {layer["name"]: layer for layer in self.layers if KIND.get(layer["mediaType"]) == "file"}
-
-    def modelfile(self) -> str:
-        """A Modelfile that recreates this model from the store (for `show --modelfile`)."""
-        lines = [f"# Modelfile generated by pocketgpt show --modelfile {self.name}", f"FROM {self.name}"]
-        if self.template is not None:
-            lines.append(f"TEMPLATE {quote(self.template)}")
-        if self.system is not None:
-            lines.append(f"SYSTEM {quote(self.system)}")
-        lines += parameter_lines(self.params)
-        lines += [f"MESSAGE {m['role']} {quote(m['content'])}" for m in self.messages]
-        lines += [f"LICENSE {quote(text)}" for text in self.license]
-        return "\n".join(lines) + "\n"
 
 
 # --- the store ----------------------------------------------------------------------------------------
@@ -336,6 +226,7 @@ class Store:
         """Build `name` from a Modelfile: FROM a directory, a .gguf file, or another store model;
         then ADAPTER, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, LICENSE on top."""
         name = full_name(name)
+        modelfile.check()
         if modelfile.template is not None:
             from pocketgpt.serve.template import check_template
 
@@ -350,6 +241,17 @@ class Store:
             doc = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "layers": layers,
                    "annotations": {"parameter_count": _parameter_count(self, layers)}}
             return self._write_manifest(name, doc)
+
+    def import_path(self, path: str | os.PathLike, name: str | None = None) -> Manifest:
+        """`pocketgpt pull ./dir` or `pull FILE.gguf`: add a local model under `name` (default: the
+        file or directory name, lowercased, e.g. smollm2-135m-instruct.q4_1:latest)."""
+        p = Path(path).expanduser().absolute()
+        if not p.exists():
+            raise ModelfileError(f"{path}: no such model directory or GGUF file")
+        if name is None:
+            stem = p.stem if p.is_file() else p.name
+            name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:80] or "model"
+        return self.create(name, Modelfile(from_=str(p)))
 
     def put_manifest(self, name: str, manifest: dict[str, Any]) -> Manifest:
         """Install a manifest document (from pull) once every blob it names is in the store."""
@@ -456,7 +358,8 @@ class Store:
             path = self.manifest_path(name)
             path.unlink(missing_ok=True)
             _prune_empty_dirs(path.parent, self.manifests)
-            shutil.rmtree(self.cache / m.digest.removeprefix("sha256:"), ignore_errors=True)
+            if not any(self._digest_of(other) == m.digest for other in self.names()):  # a cp shares the cache
+                shutil.rmtree(self.cache / m.digest.removeprefix("sha256:"), ignore_errors=True)
             used = self._referenced()
             for layer in m.layers:
                 if layer["digest"] not in used:
@@ -468,6 +371,9 @@ class Store:
         data = self.manifest_path(src).read_bytes()
         with self._lock():
             atomic_write(self.manifest_path(dst), data)
+
+    def _digest_of(self, name: str) -> str:
+        return "sha256:" + hashlib.sha256(self.manifest_path(name).read_bytes()).hexdigest()
 
     def _referenced(self) -> set[str]:
         used: set[str] = set()
@@ -497,8 +403,16 @@ class Store:
                 _link_or_copy(self.blob_path(layer["digest"]), tmp / fname)
                 stamp[fname] = _stat_sig(self.blob_path(layer["digest"]))
             (tmp / VERIFIED).write_text(json.dumps(stamp))
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+            if out.exists():  # stale: move it aside first, since a directory cannot replace a full one
+                old = Path(tempfile.mkdtemp(prefix=".old.", dir=self.cache))
+                with contextlib.suppress(OSError):
+                    os.replace(out, old / "x")
+                shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, out)
+            except OSError:  # another process built it at the same moment: theirs is as good as ours
+                if not self._cache_fresh(out, files):
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out
@@ -594,13 +508,3 @@ def _parameter_count(store: Store, layers: list[dict[str, Any]]) -> int:
     return total
 
 
-def _human_count(n: int) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}".replace(".0", "")
-    return str(n)
-
-
-def _quant_level(config: dict[str, Any]) -> str:
-    q = config.get("extra", {}).get("quant") if isinstance(config.get("extra"), dict) else None
-    return str(q).upper() if q else "F32"

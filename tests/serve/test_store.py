@@ -189,6 +189,39 @@ def test_adapter_layer_is_stored_and_materialized(store, model_dirs, tmp_path):
     assert (d / "adapter.safetensors").read_bytes() == (tmp_path / "adapter.safetensors").read_bytes()
 
 
+def test_import_path_names_the_model_after_the_file(store, model_dirs, tmp_path):
+    """What `pocketgpt pull ./DIR` or `pull FILE.gguf` does with a local path."""
+    link = tmp_path / "My Tiny_Model.v2"
+    link.symlink_to(model_dirs[0], target_is_directory=True)
+    m = store.import_path(link)
+    assert m.name == "my-tiny_model.v2:latest"
+    assert store.import_path(model_dirs[0], name="other:v1").name == "other:v1"
+    with pytest.raises(ModelfileError, match="no such model directory or GGUF file"):
+        store.import_path(tmp_path / "missing.gguf")
+
+
+def test_a_modelfile_built_from_json_is_checked(store, model_dirs):
+    """The server builds Modelfiles from /api/create bodies: wrong types are clear errors, not crashes."""
+    for fields, word in [({"system": 3}, "SYSTEM must be a string"), ({"messages": [{"role": "bot", "content": "x"}]},
+                         "message 0"), ({"parameters": {"top_p": 3}}, "out of range"), ({"license": "MIT"}, "LICENSE"),
+                         ({"from_": ""}, "FROM is missing")]:
+        mf = Modelfile(**{"from_": str(model_dirs[0]), **fields})
+        with pytest.raises(ModelfileError, match=word):
+            store.create("x", mf)
+    m = store.create("ok", Modelfile(from_=str(model_dirs[0]), parameters={"stop": "<|end|>", "top_k": 3},
+                                     messages=[{"role": "user", "content": "你好"}]))
+    assert m.params == {"stop": ["<|end|>"], "top_k": 3} and m.messages[0]["content"] == "你好"
+
+
+def test_removing_one_name_keeps_the_cache_a_copy_uses(store, model_dirs):
+    store.create_from_dir("a", model_dirs[0])
+    store.copy("a", "b")
+    d = store.materialize("b")
+    store.remove("a")
+    assert d.is_dir() and store.materialize("b") == d
+    load_model(d)
+
+
 # --- verification on read -------------------------------------------------------------------------------------
 
 def test_flipped_byte_in_weights_is_a_clear_error(store, model_dirs):
