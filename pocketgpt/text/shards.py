@@ -1,0 +1,270 @@
+"""Token shards: a corpus tokenized once into flat uint16/uint32 files that training memory-maps.
+
+    sources (text files, `pocketgpt clean` dirs, corpus names)
+      -> documents (paragraphs separated by blank lines)  -> train or val, by a hash of the text
+      -> token ids, each document followed by <|endoftext|>  -> train_0000.bin, ..., val_0000.bin
+      -> meta.json (dtype, vocab size, token counts, sha256 of every shard) + the tokenizer's files
+
+The split depends only on each document's text, so re-running gives the same split, and adding
+documents never moves an old one. Encoding runs in a pool of processes over chunks of documents,
+order preserved, so the files are byte-identical whatever the number of processes. Every file is
+written under a temporary name and renamed; meta.json goes last, so a shards directory with a
+meta.json is complete. Knows nothing of batches (batches.py) or models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pocketgpt.atomic import atomic_path, atomic_write, sha256_file
+from pocketgpt.errors import DataError, TokenizerError
+
+FORMAT = 1
+META = "meta.json"
+SPLITS = ("train", "val")
+CHUNK_DOCS = 512  # documents per task of the process pool
+
+
+def write_shards(sources: list[str | os.PathLike], tokenizer, out_dir: str | os.PathLike, *,
+                 val_fraction: float = 0.005, dtype: str = "auto", shard_tokens: int = 2**24,
+                 processes: int | None = None, progress: bool = True) -> dict:
+    """Tokenize `sources` into shards in `out_dir`; returns the metadata written to meta.json."""
+    from pocketgpt.text.specials import EOT
+
+    out = Path(out_dir)
+    if EOT not in tokenizer.special_tokens:
+        raise TokenizerError(f"the tokenizer has no {EOT} token to end documents with; train it with "
+                             f"`--special {EOT}` (pocketgpt's default) or add it")
+    np_dtype = _dtype(dtype, tokenizer.vocab_size)
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)  # incomplete until the new meta.json lands
+    tokenizer.save(out)
+    writers = {s: _ShardWriter(out, s, np_dtype, shard_tokens) for s in SPLITS}
+    eot = tokenizer.special_tokens[EOT]
+    docs = list(_documents(sources))
+    if not docs:
+        raise DataError(f"no text in {', '.join(map(str, sources))}: the corpus is empty")
+    to_val = [_is_val(d, val_fraction) for d in docs]
+    if val_fraction > 0 and len(docs) > 1 and not any(to_val):
+        to_val[-1] = True  # a split always has both halves
+    for ids, is_val in zip(_encode_all(docs, out, processes, progress), to_val, strict=True):
+        writers["val" if is_val else "train"].add(ids, eot)
+    if val_fraction > 0 and len(docs) == 1:  # one document: its tail is the validation text
+        writers["train"].move_tail_to(writers["val"], val_fraction)
+    splits = {s: w.close() for s, w in writers.items()}
+    meta = {"format": FORMAT, "dtype": np.dtype(np_dtype).name, "vocab_size": tokenizer.vocab_size, "eot_id": eot,
+            "tokenizer_sha256": _tokenizer_digest(out), "sources": [str(s) for s in sources],
+            "val_fraction": val_fraction, "splits": splits}
+    atomic_write(out / META, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    return meta
+
+
+def _dtype(spec: str, vocab_size: int):
+    if spec == "auto":
+        return np.uint16 if vocab_size <= 2**16 else np.uint32
+    if spec not in ("uint16", "uint32"):
+        raise DataError(f"--dtype {spec}: expected auto, uint16 or uint32")
+    if spec == "uint16" and vocab_size > 2**16:
+        raise DataError(f"the vocabulary has {vocab_size} tokens but uint16 holds ids up to 65535; "
+                        "use --dtype uint32 (or auto)")
+    return np.uint16 if spec == "uint16" else np.uint32
+
+
+def _is_val(doc: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.blake2b(doc.encode("utf-8"), digest_size=8).digest(), "big")
+    return h / 2**64 < fraction
+
+
+def _documents(sources: list[str | os.PathLike]) -> Iterator[str]:
+    """Documents of every source: corpus names, `pocketgpt clean` dirs, directories or text files."""
+    from pocketgpt.text.clean import iter_documents
+    from pocketgpt.text.corpora import ALIASES, CORPORA, corpus_paths
+
+    for src in sources:
+        s, path = str(src), Path(src)
+        if s in CORPORA or s in ALIASES:
+            files = corpus_paths(s)
+        elif (path / "cleaned.txt").is_file():
+            files = [path / "cleaned.txt"]
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not files:
+                raise DataError(f"{path}: no .txt files (nor a cleaned.txt) to tokenize")
+        else:
+            files = [path]
+        for where, doc in iter_documents(files):
+            if "\x00" in doc:
+                raise DataError(f"{where}: contains NUL bytes, so it looks like a binary file, not text")
+            yield doc
+
+
+def _encode_all(docs: list[str], out: Path, processes: int | None, progress: bool) -> Iterator[np.ndarray]:
+    """Token ids per document, in order, over a process pool (each worker loads the tokenizer once)."""
+    from tqdm import tqdm
+
+    chunks = [docs[i:i + CHUNK_DOCS] for i in range(0, len(docs), CHUNK_DOCS)]
+    n = processes if processes is not None else min(2, os.cpu_count() or 1)
+    bar = tqdm(total=sum(map(len, docs)), unit="char", unit_scale=True, desc="tokenize", disable=not progress)
+    if n <= 1 or len(chunks) == 1:
+        _init_worker(str(out))
+        results = map(_encode_chunk, chunks)
+        pool = None
+    else:
+        import multiprocessing as mp
+
+        # fork: workers run only the tokenizer (tiktoken + numpy), never torch, so forking is safe and
+        # needs no importable __main__ (spawn would re-run the caller's script)
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        pool = mp.get_context(method).Pool(n, initializer=_init_worker, initargs=(str(out),))
+        results = pool.imap(_encode_chunk, chunks)
+    try:
+        for chunk, encoded in zip(chunks, results, strict=True):
+            bar.update(sum(map(len, chunk)))
+            yield from encoded
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(directory: str) -> None:
+    global _WORKER_TOKENIZER
+    from pocketgpt.text.bpe import Tokenizer
+
+    _WORKER_TOKENIZER = Tokenizer.load(directory)
+
+
+def _encode_chunk(docs: list[str]) -> list[np.ndarray]:
+    # special-token text inside a document is plain text: only we put <|endoftext|> between documents
+    return [np.asarray(ids, dtype=np.int64) for ids in _WORKER_TOKENIZER.encode_batch(docs, allowed_special="none")]
+
+
+class _ShardWriter:
+    """Appends token ids of one split, cutting a new file every `shard_tokens` tokens."""
+
+    def __init__(self, out: Path, split: str, dtype, shard_tokens: int) -> None:
+        self.out, self.split, self.dtype, self.limit = out, split, dtype, shard_tokens
+        self.buf: list[np.ndarray] = []
+        self.buffered = 0
+        self.files: list[dict] = []
+        self.n_docs = 0
+        for old in out.glob(f"{split}_*.bin"):
+            old.unlink()
+
+    def add(self, ids: np.ndarray, eot: int) -> None:
+        self.buf += [ids, np.array([eot], dtype=np.int64)]
+        self.buffered += len(ids) + 1
+        self.n_docs += 1
+        while self.buffered >= self.limit:
+            flat = np.concatenate(self.buf)
+            self._flush(flat[:self.limit])
+            rest = flat[self.limit:]
+            self.buf, self.buffered = ([rest] if len(rest) else []), len(rest)
+
+    def move_tail_to(self, other: _ShardWriter, fraction: float) -> None:
+        flat = np.concatenate(self.buf) if self.buf else np.zeros(0, np.int64)
+        cut = len(flat) - max(1, int(len(flat) * fraction))
+        self.buf, self.buffered = [flat[:cut]], cut
+        other.buf, other.buffered = [flat[cut:]], len(flat) - cut
+
+    def _flush(self, ids: np.ndarray) -> None:
+        name = f"{self.split}_{len(self.files):04d}.bin"
+        with atomic_path(self.out / name) as tmp:
+            ids.astype(self.dtype).tofile(tmp)
+        self.files.append({"file": name, "n_tokens": int(len(ids)), "sha256": sha256_file(self.out / name)})
+
+    def close(self) -> dict:
+        if self.buffered or not self.files:
+            self._flush(np.concatenate(self.buf) if self.buf else np.zeros(0, np.int64))
+        return {"n_tokens": sum(f["n_tokens"] for f in self.files), "n_docs": self.n_docs, "shards": self.files}
+
+
+def _tokenizer_digest(out: Path) -> str:
+    from pocketgpt.text.bpe_files import OURS
+
+    return sha256_file(out / OURS)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / META
+    if not path.is_file():
+        raise DataError(f"{directory}: no {META}, so not a (complete) shards directory; write one with "
+                        "`pocketgpt tokenize --out DIR`")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta.get("format", 0) > FORMAT:
+        raise DataError(f"{path}: shards format {meta['format']} is newer than this pocketgpt; upgrade it")
+    return meta
+
+
+class TokenStream:
+    """One split's shards end to end, memory-mapped read-only: a long 1-D array of token ids."""
+
+    def __init__(self, directory: str | os.PathLike, split: str = "train") -> None:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        d = Path(directory)
+        meta = read_meta(d)
+        self.directory, self.split = d, split
+        self.dtype, self.vocab_size, self.eot_id = np.dtype(meta["dtype"]), meta["vocab_size"], meta["eot_id"]
+        self.parts = []
+        for f in meta["splits"][split]["shards"]:
+            path = d / f["file"]
+            if not path.is_file() or path.stat().st_size != f["n_tokens"] * self.dtype.itemsize:
+                raise DataError(f"{path}: missing or of the wrong size for {f['n_tokens']} tokens; "
+                                "the shards directory is damaged: tokenize again")
+            if f["n_tokens"]:
+                self.parts.append(np.memmap(path, dtype=self.dtype, mode="r"))
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])
+        self.n_tokens = int(self.starts[-1])
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def window(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) as int64, across shard boundaries if need be."""
+        if start < 0 or start + length > self.n_tokens:
+            raise IndexError(f"window [{start}, {start + length}) outside the {self.n_tokens} tokens of {self.split}")
+        out = np.empty(length, dtype=np.int64)
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        filled = 0
+        while filled < length:
+            offset = start + filled - int(self.starts[i])
+            take = min(length - filled, len(self.parts[i]) - offset)
+            out[filled:filled + take] = self.parts[i][offset:offset + take]
+            filled, i = filled + take, i + 1
+        return out
+
+
+def open_shards(directory: str | os.PathLike, split: str = "train") -> TokenStream:
+    return TokenStream(directory, split)
+
+
+def verify_shards(directory: str | os.PathLike) -> None:
+    """Check every shard's sha256 against meta.json; DataError names the first damaged file."""
+    d = Path(directory)
+    meta = read_meta(d)
+    for split in SPLITS:
+        for f in meta["splits"][split]["shards"]:
+            if not (d / f["file"]).is_file() or sha256_file(d / f["file"]) != f["sha256"]:
+                raise DataError(f"{d / f['file']}: checksum mismatch (the file was changed or damaged); tokenize again")
+
+
+def load_tokenizer_of(directory: str | os.PathLike):
+    from pocketgpt.text.bpe import Tokenizer
+
+    return Tokenizer.load(directory)
