@@ -1,0 +1,100 @@
+"""Task accuracy: how often a model answers the built-in verifiable tasks right.
+
+    examples  = held-out examples of each task (tasks/, split "test": unseen instruction templates)
+    prompts   = chat template(user: instruction [+ input]) + the assistant header
+    answers   = Engine, greedy, stopped at the template's turn end
+    accuracy  = mean task score per task (partial credit where the task defines it), and overall
+                the mean over tasks, so each task weighs the same
+
+Any model directory with a tokenizer works: a base model gets the same prompt (plain template when
+its tokenizer has no chat tokens) and simply scores low. Knows nothing of the CLI or of training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pocketgpt import tasks
+from pocketgpt.tasks.task import LANGS, Example
+from pocketgpt.text.chat import ChatTemplate, get_template, template_for
+from pocketgpt.text.instructions import user_text
+
+
+@dataclass
+class TaskScore:
+    """One task's result: mean score, the share answered exactly (score 1.0), and per language."""
+
+    task: str
+    n: int
+    accuracy: float
+    exact: float
+    by_lang: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate_tasks(model, tokenizer, *, task_names: str | Sequence[str] | None = None, n: int = 50,
+                   seed: int = 0, langs: Sequence[str] = LANGS, split: str = "test", max_tokens: int = 64,
+                   template: ChatTemplate | str | None = None, max_batch: int = 16,
+                   keep_samples: int = 3) -> dict[str, Any]:
+    """Generate greedy answers for `n` examples of each task and score them.
+    Returns {"template", "split", "seed", "n", "too_long", "tasks": [TaskScore...], "overall", "samples"};
+    "too_long" counts prompts longer than the model's context (scored 0, not an error)."""
+    names = tasks.task_names(task_names)
+    template = template_for(tokenizer) if template is None else (
+        get_template(template) if isinstance(template, str) else template)
+    examples = [ex for name in names for ex in tasks.get_task(name).generate(n, seed, langs, split)]
+    answers, too_long = generate_answers(model, tokenizer, template, examples, max_tokens=max_tokens, max_batch=max_batch)
+    scores = [tasks.score(ex, a) for ex, a in zip(examples, answers, strict=True)]
+    results = summarize(names, examples, scores)
+    samples = [{"task": ex["task"], "lang": ex["lang"], "prompt": user_text(ex), "reference": ex["output"],
+                "answer": a, "score": s}
+               for name in names
+               for ex, a, s in [t for t in zip(examples, answers, scores, strict=True) if t[0]["task"] == name][:keep_samples]]
+    return {"template": template.name, "split": split, "seed": seed, "n": n, "too_long": too_long,
+            "tasks": [asdict(r) for r in results],
+            "overall": sum(r.accuracy for r in results) / len(results) if results else 0.0,
+            "samples": samples}
+
+
+def prompt_ids(tokenizer, template: ChatTemplate, ex: Example) -> list[int]:
+    """The tokens a model is asked with: one user turn, then the assistant header."""
+    return template.encode(tokenizer, [{"role": "user", "content": user_text(ex)}], add_generation_prompt=True)
+
+
+def generate_answers(model, tokenizer, template: ChatTemplate, examples: Sequence[Example], *,
+                     max_tokens: int = 64, max_batch: int = 16) -> tuple[list[str], int]:
+    """Greedy answers through the one Engine, batched, ending at the template's turn end; and how
+    many prompts did not fit the model's context (their answer is "", scored 0)."""
+    from pocketgpt.infer.engine import Engine
+    from pocketgpt.infer.sampling import SamplingParams
+
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, stop_ids=tuple(template.stop_ids(tokenizer)),
+        stop=tuple(s for s in template.stop if s not in tokenizer.special_tokens),  # text stops ("\nUser:")
+    )
+    engine = Engine(model, tokenizer, max_batch=max_batch)
+    prompts = [prompt_ids(tokenizer, template, ex) for ex in examples]
+    fits = [i for i, p in enumerate(prompts) if len(p) < engine.scheduler.max_len]  # a too-long prompt gets ""
+    answers = [""] * len(prompts)
+    for i, c in zip(fits, engine.generate([prompts[i] for i in fits], params), strict=True):
+        answers[i] = c.text.strip()
+    return answers, len(prompts) - len(fits)
+
+
+def summarize(names: Sequence[str], examples: Sequence[Example], scores: Sequence[float]) -> list[TaskScore]:
+    """Per-task mean score, exact share and per-language mean, in the order of `names`."""
+    out = []
+    for name in names:
+        rows = [(ex["lang"], s) for ex, s in zip(examples, scores, strict=True) if ex["task"] == name]
+        if not rows:
+            continue
+        langs = sorted({lang for lang, _ in rows})
+        by_lang = {lang: _mean([s for g, s in rows if g == lang]) for lang in langs}
+        out.append(TaskScore(name, len(rows), _mean([s for _, s in rows]), _mean([float(s == 1.0) for _, s in rows]),
+                             by_lang))
+    return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
