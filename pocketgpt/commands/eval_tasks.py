@@ -7,7 +7,6 @@ the Engine, each task's own scorer. The work is in eval/tasks.py; this file pars
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pocketgpt.commands import add_verb, emit
 from pocketgpt.errors import ConfigMismatch, TokenizerError
@@ -55,18 +54,17 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
 
 
 def _load(model_dir: str, device: str):
-    """(model, tokenizer) of a model directory; an adapter directory goes through peft when present."""
+    """(model, tokenizer) of a model directory; an adapter directory (adapter.json) loads its base
+    model plus the adapter through model/peft.py."""
+    from pocketgpt.model import peft
     from pocketgpt.model.checkpoint import load_config, load_model
 
-    if load_config(model_dir).arch != "gpt":
-        raise ConfigMismatch(f"{model_dir}: eval-tasks generates with decoder-only (gpt) models; "
-                             f"this one is {load_config(model_dir).arch}")
-    if (Path(model_dir) / "adapter.safetensors").is_file():
-        from pocketgpt.model import peft  # the TUNE room's loader: base model + adapter
-
-        model, tok = peft.load_model_with_adapter(model_dir)
-        model = model.to(device).eval()
+    if peft.has_adapter(model_dir):
+        model, tok = peft.load_model_with_adapter(model_dir, device=device)
     else:
+        if load_config(model_dir).arch != "gpt":
+            raise ConfigMismatch(f"{model_dir}: eval-tasks generates with decoder-only (gpt) models; "
+                                 f"this one is {load_config(model_dir).arch}")
         model, tok = load_model(model_dir, device=device)
     if tok is None:
         raise TokenizerError(f"{model_dir}: no tokenizer files in the model directory; eval-tasks needs text. "

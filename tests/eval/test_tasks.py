@@ -122,3 +122,21 @@ def test_a_model_trained_on_the_eval_conversations_scores_one(tok):
     _memorise(model, tok, examples, steps=70)
     after = evaluate_tasks(model, tok, task_names=names, n=2, seed=1, max_tokens=40)
     assert before["overall"] == 0.0 and after["overall"] == 1.0, [(s["answer"], s["reference"]) for s in after["samples"]]
+
+
+def test_an_adapter_directory_is_evaluated_with_its_adapter(tok, tmp_path, capsys):
+    peft = pytest.importorskip("pocketgpt.model.peft")
+    model = tiny(tok)
+    peft.attach(model, peft.PeftConfig("lora", r=2))
+    for name, p in model.named_parameters():  # a non-zero update, so the adapter changes the answers
+        if "lora" in name.lower():
+            torch.nn.init.normal_(p, std=0.5, generator=torch.Generator().manual_seed(0))
+    peft.save_tuned(model, tmp_path / "lora", tok)
+    assert peft.has_adapter(tmp_path / "lora")
+    with peft.detached(model):
+        plain = evaluate_tasks(model, tok, task_names="sentiment", n=2, max_tokens=4)["samples"]
+    assert cli_main(["eval-tasks", str(tmp_path / "lora"), "--n", "2", "--tasks", "sentiment", "--max-tokens", "4",
+                     "--json"]) == 0
+    tuned = json.loads(capsys.readouterr().out)["samples"]
+    assert tuned == json.loads(json.dumps(evaluate_tasks(model.eval(), tok, task_names="sentiment", n=2, max_tokens=4)["samples"]))
+    assert [s["answer"] for s in tuned] != [s["answer"] for s in plain]
