@@ -15,7 +15,7 @@ from pathlib import Path
 from pocketgpt.commands import add_verb, emit
 
 # per method: a learning rate that worked on the tiny preset (bench/peft_table.py); --lr overrides
-DEFAULT_LR = {None: 5e-4, "lora": 3e-3, "prefix": 1e-2, "prompt": 3e-2}
+DEFAULT_LR = {None: 1e-3, "lora": 3e-3, "prefix": 1e-2, "prompt": 3e-2}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
