@@ -213,7 +213,7 @@ class FastDecoder:
         tk = max(lens) + 1
         if tk > cache.max_len:
             raise ValueError(f"KV cache full: {tk} positions > max_len {cache.max_len}; build a larger cache")
-        pos = torch.tensor(lens, device=ids.device) if not uniform else None  # (n,) per-row positions
+        pos = None if uniform else cache.positions()[:, 0]  # (n,) per-row positions
         x = self._embed(ids, lens[0] if uniform else pos)  # (n, C)
         cos_sin = self._rope_at(lens[0] if uniform else pos)  # (1 or n, 1, hs) each, or None
         K, V = cache.k[:, :n, :, :tk].unbind(0), cache.v[:, :n, :, :tk].unbind(0)  # L x (n, nkv, tk, hs) views
@@ -222,7 +222,7 @@ class FastDecoder:
             index = mask = None
         else:
             k_at, v_at = cache.k.unbind(0), cache.v.unbind(0)  # L x (S, nkv, max_len, hs)
-            index = cache._write_index()  # (n * nkv,) flat rows of a layer's buffer
+            index = cache.write_index()  # (n * nkv,) flat rows of a layer's buffer
             mask = cache.step_mask()  # (n, 1, 1, tk): row b sees j <= lengths[b]
         for layer, K_i, V_i, k_i, v_i in zip(self.layers, K, V, k_at, v_at, strict=True):
             x = self._block(layer, x, K_i, V_i, k_i, v_i, index, mask, cos_sin)

@@ -159,7 +159,7 @@ class SlotKVCache:
         self.lengths = torch.zeros(n_slots, dtype=torch.long, device=device)  # (S,) positions written per row
         self.lens = [0] * n_slots  # the same on the host, so no step waits on a device sync
         self._synced = True
-        self._index: torch.Tensor | None = None  # where this step's keys go (see `_write_index`)
+        self._index: torch.Tensor | None = None  # where this step's keys go (see `write_index`)
         self._n = 0  # active rows: slots 0..n-1
         self._rows = torch.arange(n_slots, device=device)  # (S,)
         self._span = torch.arange(max_len, device=device)  # (max_len,)
@@ -204,13 +204,13 @@ class SlotKVCache:
         n, tk = self.n, self.pos + 1
         if tk > self.max_len:
             raise ValueError(f"KV cache full: {tk} positions > max_len {self.max_len}; build a larger cache")
-        at = self._write_index()  # (n * nkv,) rows of the flattened layer buffer, the same for every layer
+        at = self.write_index()  # (n * nkv,) rows of the flattened layer buffer, the same for every layer
         nkv, hs = k.size(1), k.size(3)
         self.k[layer].view(-1, hs).index_copy_(0, at, k.reshape(n * nkv, hs))  # (row, head, length[row]) <- k
         self.v[layer].view(-1, hs).index_copy_(0, at, v.reshape(n * nkv, hs))
         return self.k[layer, :n, :, :tk], self.v[layer, :n, :, :tk]
 
-    def _write_index(self) -> torch.Tensor:
+    def write_index(self) -> torch.Tensor:
         """Flat row (slot * nkv + head) * max_len + length[slot] of each active row's new key, computed
         once per step: a single index_copy_ per layer instead of a scatter through three indices."""
         if self._index is None:
