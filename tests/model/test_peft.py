@@ -245,3 +245,29 @@ def test_strip_merges_lora_and_refuses_merging_prefix():
     peft.apply_prefix(p, 2)
     with pytest.raises(PocketError, match="cannot be merged"):
         peft.strip(p)
+
+
+# -- the engine runs adapters -----------------------------------------------------------------------
+def _greedy(model, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_engine_generates_with_an_adapter_like_a_plain_greedy_loop(tmp_path, method):
+    from pocketgpt.infer.engine import Engine
+    from pocketgpt.infer.sampling import SamplingParams
+
+    m = _model("llama").float()
+    peft.attach(m, peft.PeftConfig(method, r=4, n_virtual=3), seed=2)
+    with torch.no_grad():
+        for p in peft.adapter_state(m).values():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+    peft.save_tuned(m, tmp_path)
+    tuned, _ = peft.load_model_with_adapter(tmp_path)
+    prompts = [[1, 2, 3], [5, 6, 7, 8, 9], [10]]
+    done = Engine(tuned, None, max_batch=4).generate(prompts, SamplingParams(max_tokens=6, temperature=0.0))
+    assert [c.tokens for c in done] == [_greedy(m.eval(), p, 6) for p in prompts]
