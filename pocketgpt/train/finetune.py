@@ -43,7 +43,7 @@ class TaskModel(nn.Module):
     def forward(self, x: torch.Tensor, *, lm_pad_id: int | None = None):
         """x (B, S, T) -> logits; with `lm_pad_id`, (logits, the auxiliary next-token loss on x with
         that pad id ignored) -- one forward, so DDP sees every parameter it trains."""
-        from pocketgpt.model.peft import with_soft_prompt
+        from pocketgpt.model.prompt_tuning import with_soft_prompt
 
         B, S, T = x.shape
         flat = with_soft_prompt(self.gpt, x.reshape(B * S, T))  # (B*S, T'), T' = T (+ P soft tokens)
