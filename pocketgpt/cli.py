@@ -15,7 +15,7 @@ from pocketgpt.errors import PocketError
 
 # Verb groups are the modules of pocketgpt/commands/, found automatically (a new verb is a new module
 # with `register(sub)`); this list only fixes the order of the recipe in `--help`.
-ORDER = ["data", "clean", "tokenizer", "ngram", "train", "model", "eval", "interop"]
+ORDER = ["data", "clean", "tokenizer", "tokenize", "ngram", "train", "model", "eval", "interop"]
 
 
 def command_modules() -> list[str]:
