@@ -47,10 +47,7 @@ def evaluate_tasks(model, tokenizer, *, task_names: str | Sequence[str] | None =
     answers, too_long = generate_answers(model, tokenizer, template, examples, max_tokens=max_tokens, max_batch=max_batch)
     scores = [tasks.score(ex, a) for ex, a in zip(examples, answers, strict=True)]
     results = summarize(names, examples, scores)
-    samples = [{"task": ex["task"], "lang": ex["lang"], "prompt": user_text(ex), "reference": ex["output"],
-                "answer": a, "score": s}
-               for name in names
-               for ex, a, s in [t for t in zip(examples, answers, scores, strict=True) if t[0]["task"] == name][:keep_samples]]
+    samples = first_samples(examples, answers, scores, keep_samples)
     return {"template": template.name, "split": split, "seed": seed, "n": n, "too_long": too_long,
             "tasks": [asdict(r) for r in results],
             "overall": sum(r.accuracy for r in results) / len(results) if results else 0.0,
@@ -80,6 +77,19 @@ def generate_answers(model, tokenizer, template: ChatTemplate, examples: Sequenc
     for i, c in zip(fits, engine.generate([prompts[i] for i in fits], params), strict=True):
         answers[i] = c.text.strip()
     return answers, len(prompts) - len(fits)
+
+
+def first_samples(examples: Sequence[Example], answers: Sequence[str], scores: Sequence[float],
+                  per_task: int) -> list[dict[str, Any]]:
+    """The first `per_task` (prompt, answer, reference, score) of each task, to show next to the numbers."""
+    shown: dict[str, int] = {}
+    out = []
+    for ex, answer, s in zip(examples, answers, scores, strict=True):
+        if shown.get(ex["task"], 0) < per_task:
+            shown[ex["task"]] = shown.get(ex["task"], 0) + 1
+            out.append({"task": ex["task"], "lang": ex["lang"], "prompt": user_text(ex), "reference": ex["output"],
+                        "answer": answer, "score": s})
+    return out
 
 
 def summarize(names: Sequence[str], examples: Sequence[Example], scores: Sequence[float]) -> list[TaskScore]:

@@ -57,7 +57,10 @@ def generate(n: int, seed: int = 0, tasks: str | Sequence[str] | None = None, la
 
 
 def score(ex: Example, answer: str) -> float:
-    """The example's own task grades `answer`: a float in [0, 1]."""
+    """The example's own task grades `answer`: a float in [0, 1]. `ex` may also be a messages-form
+    record written by `pocketgpt data instructions --format messages` (its last turn is the reference)."""
     if not isinstance(ex, dict) or ex.get("task") not in TASKS:
         raise DataError(f"cannot score: example has no known 'task' (got {ex.get('task') if isinstance(ex, dict) else ex!r})")
+    if "output" not in ex and isinstance(ex.get("messages"), list) and ex["messages"]:
+        ex = {**ex, "output": ex["messages"][-1]["content"]}
     return TASKS[ex["task"]].score(ex, answer)

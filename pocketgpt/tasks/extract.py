@@ -37,13 +37,21 @@ INSTRUCTIONS = {
            "person, time, organization.",
            "Find the person, the time and the organization mentioned below. Reply as JSON "
            "(keys: person, time, organization).",
+           "Read the sentence and return JSON with the keys person, time and organization.",
+           "Identify the person, the time and the organization; answer as JSON (person, time, organization).",
+           "Extract entities as JSON with keys person, time, organization.",
            "Who, when and which organization? Give JSON with keys person, time, organization.",
            "Pull out the person, time and organization from this sentence as JSON "
-           "with the keys person, time and organization."],
+           "with the keys person, time and organization.",
+           "Give the person, time and organization in this sentence as a JSON object (person, time, organization)."],
     "zh": ["从句子中抽取人物、时间和机构，按“人物: ...; 时间: ...; 机构: ...”的格式回答。",
            "找出下面句子里的人物、时间和机构。格式：人物: ...; 时间: ...; 机构: ...",
            "请识别句中的人名、时间和机构名称，用“人物: ...; 时间: ...; 机构: ...”回答。",
-           "这句话提到了谁、什么时间、哪个机构？回答格式：人物: ...; 时间: ...; 机构: ..."],
+           "抽取句子中的实体（人物、时间、机构），格式为：人物: ...; 时间: ...; 机构: ...",
+           "读下面的句子，写出人物、时间、机构。格式：人物: ...; 时间: ...; 机构: ...",
+           "句中的人物、时间和机构分别是什么？按“人物: ...; 时间: ...; 机构: ...”回答。",
+           "这句话提到了谁、什么时间、哪个机构？回答格式：人物: ...; 时间: ...; 机构: ...",
+           "请列出句中的人物、时间和机构，格式：人物: ...; 时间: ...; 机构: ..."],
 }
 
 

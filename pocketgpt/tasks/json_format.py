@@ -24,9 +24,12 @@ FACTS = {  # key set -> sentence per language
 }
 INSTRUCTIONS = {
     "en": ["Answer in JSON with the keys {keys}.", "Return a JSON object with exactly these keys: {keys}.",
-           "Give the facts below as JSON, using the keys {keys}.", "Output only JSON with the fields {keys}."],
+           "Give the facts below as JSON, using the keys {keys}.", "Reply with JSON that has the keys {keys}.",
+           "Write this as a JSON object with keys {keys}.", "Format the answer as JSON: keys {keys}.",
+           "Output only JSON with the fields {keys}.", "Produce a JSON object whose keys are {keys}."],
     "zh": ["用 JSON 回答，键为 {keys}。", "请返回一个 JSON 对象，只包含这些键：{keys}。", "把下面的信息写成 JSON，键是 {keys}。",
-           "只输出 JSON，字段为 {keys}。"],
+           "请用 JSON 格式回答，键为 {keys}。", "把这句话转换成 JSON，包含键 {keys}。", "输出一个 JSON 对象，键是 {keys}。",
+           "只输出 JSON，字段为 {keys}。", "以 JSON 形式给出 {keys} 两个字段。"],
 }
 
 

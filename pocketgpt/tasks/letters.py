@@ -17,9 +17,12 @@ WORDS = ["strawberry", "banana", "apple", "letter", "mississippi", "balloon", "c
          "summer", "yellow", "grass", "little", "happy", "pizza"]
 TEMPLATES = {
     "en": ["How many {c}'s are in {w}?", "How many times does the letter {c} appear in \"{w}\"?",
-           "Count the letter {c} in the word {w}.", "In the word {w}, how many {c}'s are there?"],
+           "Count the letter {c} in the word {w}.", "How often does {c} occur in the word {w}?",
+           "Tell me how many {c}'s the word {w} contains.", "What is the number of {c}'s in {w}?",
+           "In the word {w}, how many {c}'s are there?", "Give the count of the letter {c} in \"{w}\"."],
     "zh": ["{w} 里有几个 {c}？", "单词 {w} 中字母 {c} 出现了几次？", "数一数 {w} 里有多少个字母 {c}。",
-           "{w} 这个单词里有几个 {c}？"],
+           "字母 {c} 在 {w} 中出现几次？", "请告诉我 {w} 包含几个 {c}。", "{w} 一共有多少个 {c}？",
+           "{w} 这个单词里有几个 {c}？", "统计单词 {w} 中字母 {c} 的个数。"],
 }
 
 

@@ -27,9 +27,13 @@ INSTRUCTIONS = {
     "en": ["Is the sentiment of this review positive or negative?",
            "Classify the sentiment of the sentence as positive or negative.",
            "Label this review: positive or negative?",
-           "Does this sentence express a positive or a negative opinion?"],
+           "Is this review positive or negative?", "What is the sentiment here, positive or negative?",
+           "Tell me whether this opinion is positive or negative.",
+           "Does this sentence express a positive or a negative opinion?",
+           "Positive or negative? Judge the review below."],
     "zh": ["这句话的情感是正面还是负面？", "判断下面评论的情感倾向：正面或负面。", "请把这条评论分类为正面或负面。",
-           "这条评价是正面的还是负面的？"],
+           "这条评论是正面还是负面？", "下面这句话表达的是正面还是负面的看法？", "请判断情感：正面或负面。",
+           "这条评价是正面的还是负面的？", "正面还是负面？请判断下面的评论。"],
 }
 
 

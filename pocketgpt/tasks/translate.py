@@ -14,11 +14,15 @@ from pocketgpt.tasks.task import Example, Task, example, templates_for
 NAME = "translate"
 INSTRUCTIONS = {  # (instruction language, target language) -> templates
     ("en", "zh"): ["Translate into Chinese.", "What is this in Chinese?", "Give the Chinese translation of this phrase.",
-                   "How do you say this in Chinese?"],
+                   "Translate this phrase to Chinese.", "Chinese for this, please.", "Say this in Chinese.",
+                   "How do you say this in Chinese?", "Render this phrase in Chinese."],
     ("en", "en"): ["Translate into English.", "What is this in English?", "Give the English translation of this phrase.",
-                   "How do you say this in English?"],
-    ("zh", "zh"): ["翻译成中文。", "这个短语的中文是什么？", "请给出下面短语的中文翻译。", "用中文怎么说？"],
-    ("zh", "en"): ["翻译成英文。", "这个短语的英文是什么？", "请给出下面短语的英文翻译。", "用英文怎么说？"],
+                   "Translate this phrase to English.", "English for this, please.", "Say this in English.",
+                   "How do you say this in English?", "Render this phrase in English."],
+    ("zh", "zh"): ["翻译成中文。", "这个短语的中文是什么？", "请给出下面短语的中文翻译。", "请把它译成中文。",
+                   "中文怎么说？", "把下面的短语翻成中文。", "用中文怎么说？", "请译为中文。"],
+    ("zh", "en"): ["翻译成英文。", "这个短语的英文是什么？", "请给出下面短语的英文翻译。", "请把它译成英文。",
+                   "英文怎么说？", "把下面的短语翻成英文。", "用英文怎么说？", "请译为英文。"],
 }
 
 

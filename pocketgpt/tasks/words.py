@@ -17,14 +17,20 @@ ZH_WORDS = ["苹果", "香蕉", "樱桃", "小狗", "小猫", "河流", "高山"
             "绿色", "房子", "小鸟", "音乐", "道路", "白云", "金鱼", "花园", "台灯", "石头", "纸张", "窗户"]
 REVERSE = {
     "en": ["Reverse the order of these words.", "Write these words in reverse order.",
-           "Put the following words in the opposite order.", "List these words backwards, last word first."],
-    "zh": ["把下面的词倒序排列。", "请把这些词按相反的顺序写出来。", "将下列词语的顺序颠倒。", "从最后一个词开始，倒着写出这些词。"],
+           "Put the following words in the opposite order.", "Reverse this list of words.",
+           "Write the words below from last to first.", "Flip the order of these words.",
+           "List these words backwards, last word first.", "Give these words again, in reverse order."],
+    "zh": ["把下面的词倒序排列。", "请把这些词按相反的顺序写出来。", "将下列词语的顺序颠倒。", "把这些词反过来排列。",
+           "请倒序输出下面的词语。", "把下列词语从后往前写一遍。", "从最后一个词开始，倒着写出这些词。", "请将这组词的顺序反转。"],
 }
 SORT = {
     "en": ["Sort these words alphabetically.", "Put these words in alphabetical order.",
-           "Arrange the following words from A to Z.", "List these words in dictionary order."],
+           "Arrange the following words from A to Z.", "Order these words alphabetically.",
+           "Sort the words below from A to Z.", "Rearrange these words into alphabetical order.",
+           "List these words in dictionary order.", "Alphabetize the following words."],
     "zh": ["把这些英文单词按字母顺序排列。", "请将下列单词按字母表顺序排序。", "按照从 A 到 Z 的顺序排列这些单词。",
-           "把下面的单词按字典顺序写出来。"],
+           "请按字母顺序重新排列下面的单词。", "把下列单词从 A 到 Z 排好。", "将这些单词按首字母顺序排列。",
+           "把下面的单词按字典顺序写出来。", "请对这些英文单词做字母排序。"],
 }
 
 

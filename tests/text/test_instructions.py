@@ -8,6 +8,7 @@ import json
 import pytest
 
 from pocketgpt import tasks
+from pocketgpt.cli import main as cli_main
 from pocketgpt.errors import DataError
 from pocketgpt.text.instructions import read_instructions, to_messages, to_record, write_jsonl
 
@@ -80,17 +81,18 @@ def test_task_examples_round_trip_in_both_formats(tmp_path):
         assert data.conversations == [to_messages(e) for e in exs]
         assert [r["task"] for r in data.records] == [e["task"] for e in exs]
         assert "里" in path.read_text(encoding="utf-8") or "，" in path.read_text(encoding="utf-8")  # unescaped
-        for conv, ex in zip(data.conversations, exs, strict=True):
+        for conv, ex, rec in zip(data.conversations, exs, data.records, strict=True):
             assert tasks.score(ex, conv[-1]["content"]) == 1.0
+            assert tasks.score(rec, conv[-1]["content"]) == 1.0  # a record re-scores in either format
 
 
-def test_cli_writes_the_same_file_for_the_same_seed(tmp_path, cli):
+def test_cli_writes_the_same_file_for_the_same_seed(tmp_path, cli, capsys):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     out = cli("data", "instructions", "--out", str(a), "--n", "30", "--lang", "zh", "--split", "test", "--json")
-    assert json.loads(out.stdout)["examples"] == 30
-    cli("data", "instructions", "--out", str(b), "--n", "30", "--lang", "zh", "--split", "test")
+    assert json.loads(out.stdout)["examples"] == 30  # the real entry point, once
+    assert cli_main(["data", "instructions", "--out", str(b), "--n", "30", "--lang", "zh", "--split", "test"]) == 0
     assert a.read_bytes() == b.read_bytes()
     recs = [json.loads(x) for x in a.read_text(encoding="utf-8").splitlines()]
     assert recs == tasks.generate(30, seed=0, langs=["zh"], split="test")
-    bad = cli("data", "instructions", "--out", str(a), "--tasks", "chess", check=False)
-    assert bad.returncode == 2 and "unknown task 'chess'" in bad.stderr
+    assert cli_main(["data", "instructions", "--out", str(a), "--tasks", "chess"]) == 2
+    assert "unknown task 'chess'" in capsys.readouterr().err
