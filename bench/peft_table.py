@@ -167,10 +167,6 @@ def accuracy(args) -> dict:
         t0 = time.perf_counter()
         result = train(stage, cfg, tmp / m)
         tuned, tok2 = peft.load_model_with_adapter(tmp / m, device=args.device)
-        if m == "prompt":  # the engine runs model.hidden, which a soft prompt's forward hooks do not see
-            out[m] = None
-            print("prompt: accuracy skipped (the engine does not yet see soft prompts)", file=sys.stderr)
-            continue
         score = evaluate_tasks(tuned, tok2, n=args.eval_n, max_tokens=32)
         out[m] = score["overall"]
         out[f"{m}_tasks"] = {t["task"]: t["accuracy"] for t in score["tasks"]}

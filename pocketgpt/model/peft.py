@@ -34,12 +34,13 @@ from pocketgpt.model.prefix import PrefixKV, add_prefix, prefix_from_tokens, rem
 from pocketgpt.model.prompt_tuning import (
     SoftPromptEmbedding,
     add_soft_prompt,
+    prompt_as_prefix,
     remove_soft_prompt,
     with_soft_prompt,
 )
 
 __all__ = ["LoRALinear", "PrefixKV", "SoftPromptEmbedding", "PeftConfig", "apply_lora", "apply_prefix", "apply_prompt",
-           "merge_lora", "unmerge_lora", "prefix_from_tokens", "with_soft_prompt", "attach", "strip", "detached",
+           "merge_lora", "unmerge_lora", "prefix_from_tokens", "with_soft_prompt", "prompt_as_prefix", "attach", "strip", "detached",
            "parameter_counts", "describe", "peft_config", "adapter_state", "save_adapter", "load_adapter",
            "load_model_with_adapter", "save_tuned", "config_hash"]
 
@@ -246,8 +247,10 @@ def read_adapter_config(model_dir: str | os.PathLike) -> dict:
 
 def load_adapter(model: nn.Module, model_dir: str | os.PathLike, *, merge: bool = False) -> nn.Module:
     """Attach the adapter saved in `model_dir` to `model` (a base model built from the same config)
-    and load its tensors strictly. `merge=True` folds a LoRA adapter into the weights and removes
-    the wrappers (the fastest inference; not possible for prefix/prompt)."""
+    and load its tensors strictly. `merge=True` gives the inference form: LoRA folded into the
+    weights (plain Linear layers, the engine's fast path), a soft prompt turned into the frozen
+    prefix it amounts to (`prompt_as_prefix`, so the engine sees it); a prefix stays as it is.
+    A merged model can no longer save its adapter."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -276,6 +279,9 @@ def load_adapter(model: nn.Module, model_dir: str | os.PathLike, *, merge: bool 
             expected[name].copy_(t)
     if merge and meta["method"] == "lora":
         strip(model, merge=True)
+    elif merge and meta["method"] == "prompt":  # its inference form: a frozen prefix the engine sees
+        prompt_as_prefix(model)
+        del model._peft
     return model
 
 

@@ -27,6 +27,7 @@ class PrefixKV(nn.Module):
         super().__init__()
         self.k = nn.Parameter(torch.randn(n_kv_head, n_virtual, head_dim, generator=generator) * std)
         self.v = nn.Parameter(torch.randn(n_kv_head, n_virtual, head_dim, generator=generator) * std)
+        self.shift = 0  # > 0 only for a soft prompt in its inference form (prompt_tuning.prompt_as_prefix)
 
 
 class _PrefixedCache:
@@ -53,6 +54,8 @@ def _pre_hook(attn: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     """Route keys/values through the prefix; a padding mask (B, 1, 1, Tk) gains P True columns in front."""
     kwargs = dict(kwargs)
     kwargs["cache"] = _PrefixedCache(attn.prefix, kwargs.get("cache"))
+    if attn.prefix.shift and kwargs.get("positions") is not None:  # RoPE: real tokens sit after the prefix
+        kwargs["positions"] = kwargs["positions"] + attn.prefix.shift
     mask = kwargs.get("mask")
     if mask is not None:
         P = attn.prefix.k.size(1)
@@ -70,6 +73,22 @@ def add_prefix(model: nn.Module, n_virtual: int, generator: torch.Generator) -> 
     for blk in model.blocks:
         blk.attn.prefix = PrefixKV(c.n_kv_head, n_virtual, c.head_dim, generator=generator).to(w.device, w.dtype)
         _hook(blk.attn)
+
+
+@torch.no_grad()
+def add_fixed_prefix(model: nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]], shift: int) -> None:
+    """Attach frozen prefixes with given keys/values (nkv, P, hs) per layer whose positions the real
+    tokens follow: RoPE positions and learned position lookups move by `shift`."""
+    c = model.config
+    for blk, (k, v) in zip(model.blocks, kv, strict=True):
+        prefix = PrefixKV(c.n_kv_head, k.size(1), c.head_dim).to(k.device, k.dtype).requires_grad_(False)
+        prefix.k.copy_(k)
+        prefix.v.copy_(v)
+        prefix.shift = shift
+        blk.attn.prefix = prefix
+        _hook(blk.attn)
+    if c.positions == "learned":
+        model.pos_emb.register_forward_pre_hook(lambda mod, args: (args[0] + shift,))
 
 
 def remove_prefix(model: nn.Module) -> Callable[[], None]:

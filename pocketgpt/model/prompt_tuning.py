@@ -6,7 +6,9 @@ looking real ids up in the frozen table and virtual ids in `prompt` (P, C). A fo
 the GPT prepends the virtual ids to a fresh input (targets get -1, a padding mask gets 1s) and a
 forward hook drops their P positions from the logits. So the real tokens sit at positions P..,
 exactly as if the soft prompt had been typed, and the prompt takes P positions of the context.
-Callers of `model.hidden(...)` (which hooks do not see) use `with_soft_prompt`. Freezing,
+Callers of `model.hidden(...)` (which hooks do not see) use `with_soft_prompt`; for generation,
+`prompt_as_prefix` turns the soft prompt into what a KV cache would hold after reading it (frozen
+keys/values per layer, model/prefix.py) with the real tokens' positions moved by P. Freezing,
 bookkeeping and files are model/peft.py's.
 """
 
@@ -113,3 +115,21 @@ def remove_soft_prompt(model: nn.Module) -> Callable[[], None]:
         model.tok_emb = soft
         _hook(model)
     return undo
+
+
+@torch.no_grad()
+def prompt_as_prefix(model: nn.Module) -> None:
+    """The inference form of a soft prompt: run it through the model once (positions 0..P-1), keep
+    every layer's keys/values as a frozen prefix, and move the real tokens' positions by P. Outputs
+    are unchanged, and code that calls `model.hidden` (the engine) now sees the prompt too."""
+    from pocketgpt.errors import PocketError
+    from pocketgpt.model.prefix import add_fixed_prefix
+
+    soft: SoftPromptEmbedding = model.tok_emb
+    if model.config.positions == "sinusoidal":
+        raise PocketError("prompt_as_prefix needs learned, RoPE or no positions (sinusoidal ones are a fixed table)")
+    P, dev = soft.n_virtual, soft.weight.device
+    cache = model.new_cache(1, P)
+    model.hidden(virtual_ids(P, soft.vocab_size, 1, dev), cache=cache)  # hidden(): the hooks stay out of it
+    remove_soft_prompt(model)
+    add_fixed_prefix(model, [(cache.k[i, 0].clone(), cache.v[i, 0].clone()) for i in range(len(model.blocks))], P)

@@ -256,12 +256,12 @@ def _greedy(model, prompt: list[int], n: int) -> list[int]:
     return ids[len(prompt):]
 
 
-@pytest.mark.parametrize("method", ["lora", "prefix"])
+@pytest.mark.parametrize("method", peft.METHODS)
 def test_engine_generates_with_an_adapter_like_a_plain_greedy_loop(tmp_path, method):
     from pocketgpt.infer.engine import Engine
     from pocketgpt.infer.sampling import SamplingParams
 
-    m = _model("llama").float()
+    m = _model("llama" if method != "prompt" else "gpt2").float()
     peft.attach(m, peft.PeftConfig(method, r=4, n_virtual=3), seed=2)
     with torch.no_grad():
         for p in peft.adapter_state(m).values():
@@ -271,3 +271,15 @@ def test_engine_generates_with_an_adapter_like_a_plain_greedy_loop(tmp_path, met
     prompts = [[1, 2, 3], [5, 6, 7, 8, 9], [10]]
     done = Engine(tuned, None, max_batch=4).generate(prompts, SamplingParams(max_tokens=6, temperature=0.0))
     assert [c.tokens for c in done] == [_greedy(m.eval(), p, 6) for p in prompts]
+
+
+@pytest.mark.parametrize("name", list(FLAVOURS))
+def test_prompt_as_prefix_is_the_same_model(name):
+    m = _model(name)
+    peft.apply_prompt(m, n_virtual=4, seed=3)
+    x = _ids()
+    want = m(x)
+    peft.prompt_as_prefix(m)
+    assert not isinstance(m.tok_emb, peft.SoftPromptEmbedding)
+    assert torch.allclose(m(x), want, atol=1e-10)
+    assert torch.allclose(m.lm_head(m.hidden(x)), want, atol=1e-10)  # hidden() sees it now
