@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test: held-out templates (default); train: the training distribution")
     p.add_argument("--template", choices=("pocketgpt", "chatml", "plain"), default=None,
                    help="chat template (default: the one the tokenizer has tokens for)")
+    p.add_argument("--system", default=None, metavar="TEXT", help="a system message before every question")
     p.add_argument("--max-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
     p.add_argument("--batch", type=int, default=16, help="requests decoded together (default 16)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -47,7 +48,8 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
     model, tok = _load(args.model, device)
     result = evaluate_tasks(model, tok, task_names=args.tasks, n=args.n, seed=args.seed,
                             langs=args.lang.split(","), split=args.split, max_tokens=args.max_tokens,
-                            template=args.template, max_batch=args.batch, keep_samples=args.samples)
+                            template=args.template, max_batch=args.batch, keep_samples=args.samples,
+                            system=args.system)
     result["model"] = str(args.model)
     emit(args, result, lambda: _print(result))
     return 0

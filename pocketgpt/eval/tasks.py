@@ -36,31 +36,35 @@ class TaskScore:
 def evaluate_tasks(model, tokenizer, *, task_names: str | Sequence[str] | None = None, n: int = 50,
                    seed: int = 0, langs: Sequence[str] = LANGS, split: str = "test", max_tokens: int = 64,
                    template: ChatTemplate | str | None = None, max_batch: int = 16,
-                   keep_samples: int = 3) -> dict[str, Any]:
-    """Generate greedy answers for `n` examples of each task and score them.
+                   keep_samples: int = 3, system: str | None = None) -> dict[str, Any]:
+    """Generate greedy answers for `n` examples of each task and score them (with `system`, every
+    prompt starts with that system message).
     Returns {"template", "split", "seed", "n", "too_long", "tasks": [TaskScore...], "overall", "samples"};
     "too_long" counts prompts longer than the model's context (scored 0, not an error)."""
     names = tasks.task_names(task_names)
     template = template_for(tokenizer) if template is None else (
         get_template(template) if isinstance(template, str) else template)
     examples = [ex for name in names for ex in tasks.get_task(name).generate(n, seed, langs, split)]
-    answers, too_long = generate_answers(model, tokenizer, template, examples, max_tokens=max_tokens, max_batch=max_batch)
+    answers, too_long = generate_answers(model, tokenizer, template, examples, max_tokens=max_tokens,
+                                         max_batch=max_batch, system=system)
     scores = [tasks.score(ex, a) for ex, a in zip(examples, answers, strict=True)]
     results = summarize(names, examples, scores)
     samples = first_samples(examples, answers, scores, keep_samples)
-    return {"template": template.name, "split": split, "seed": seed, "n": n, "too_long": too_long,
+    return {"template": template.name, "system": system, "split": split, "seed": seed, "n": n, "too_long": too_long,
             "tasks": [asdict(r) for r in results],
             "overall": sum(r.accuracy for r in results) / len(results) if results else 0.0,
             "samples": samples}
 
 
-def prompt_ids(tokenizer, template: ChatTemplate, ex: Example) -> list[int]:
-    """The tokens a model is asked with: one user turn, then the assistant header."""
-    return template.encode(tokenizer, [{"role": "user", "content": user_text(ex)}], add_generation_prompt=True)
+def prompt_ids(tokenizer, template: ChatTemplate, ex: Example, system: str | None = None) -> list[int]:
+    """The tokens a model is asked with: [system turn,] one user turn, then the assistant header."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": user_text(ex)})
+    return template.encode(tokenizer, messages, add_generation_prompt=True)
 
 
 def generate_answers(model, tokenizer, template: ChatTemplate, examples: Sequence[Example], *,
-                     max_tokens: int = 64, max_batch: int = 16) -> tuple[list[str], int]:
+                     max_tokens: int = 64, max_batch: int = 16, system: str | None = None) -> tuple[list[str], int]:
     """Greedy answers through the one Engine, batched, ending at the template's turn end; and how
     many prompts did not fit the model's context (their answer is "", scored 0)."""
     from pocketgpt.infer.engine import Engine
@@ -71,7 +75,7 @@ def generate_answers(model, tokenizer, template: ChatTemplate, examples: Sequenc
         stop=tuple(s for s in template.stop if s not in tokenizer.special_tokens),  # text stops ("\nUser:")
     )
     engine = Engine(model, tokenizer, max_batch=max_batch)
-    prompts = [prompt_ids(tokenizer, template, ex) for ex in examples]
+    prompts = [prompt_ids(tokenizer, template, ex, system) for ex in examples]
     fits = [i for i, p in enumerate(prompts) if len(p) < engine.scheduler.max_len]  # a too-long prompt gets ""
     answers = [""] * len(prompts)
     for i, c in zip(fits, engine.generate([prompts[i] for i in fits], params), strict=True):

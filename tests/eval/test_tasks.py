@@ -37,6 +37,8 @@ def test_prompt_is_one_user_turn_and_the_assistant_header(tok):
     ids = prompt_ids(tok, POCKETGPT, ex)
     assert tok.decode(ids) == f"<|user|>{ex['instruction']}\n\n{ex['input']}<|end|>\n<|assistant|>"
     assert ids[-1] == tok.special_tokens[specials.ASSISTANT]
+    with_system = tok.decode(prompt_ids(tok, POCKETGPT, ex, system="简短回答"))
+    assert with_system == f"<|system|>简短回答<|end|>\n<|user|>{ex['instruction']}\n\n{ex['input']}<|end|>\n<|assistant|>"
 
 
 def test_untrained_model_report_shape_and_determinism(tok):
