@@ -3,10 +3,12 @@ against a hand-written greedy loop over the same model; plus the in-process sess
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,55 @@ def test_smollm2_gguf_from_the_store_answers(tmp_path):
     store = Store(tmp_path / "models")
     assert store.get("smollm2:135m").details()["parameter_size"] == "134.5M"
     assert not list((store.root / "tmp").iterdir())  # the import's scratch directory is gone
+
+
+def test_terminal_session_has_prompts_and_readline_history(home):
+    """On a real terminal (a pty): `>>> ` prompts, `... ` inside \"\"\", the up arrow recalls the last
+    message through readline, and the history is saved to $POCKETGPT_HOME/history."""
+    import pty
+    import select
+
+    main, sub = pty.openpty()
+    env = {**os.environ, "POCKETGPT_HOME": str(home), "PYTHONIOENCODING": "utf-8", "TERM": "dumb"}
+    proc = subprocess.Popen([sys.executable, "-m", "pocketgpt", "run", "tiny-chat"], stdin=sub, stdout=sub,
+                            stderr=sub, cwd=REPO, env=env, close_fds=True)
+    os.close(sub)
+    seen = b""
+
+    def until(marker: bytes, timeout: float = 120.0) -> bytes:
+        nonlocal seen
+        end = time.monotonic() + timeout
+        while marker not in seen:
+            ready, _, _ = select.select([main], [], [], max(end - time.monotonic(), 0))
+            assert ready, f"no {marker!r} in {seen[-400:]!r}"
+            seen += os.read(main, 4096)
+        before, _, seen = seen.partition(marker)
+        return before
+
+    try:
+        until(b">>> ")
+        os.write(main, b"hello there\r")
+        first = until(b">>> ")
+        os.write(main, b'"""two\r')
+        until(b"... ")
+        os.write(main, b'lines"""\r')
+        until(b">>> ")
+        os.write(main, b"/clear\r")
+        until(b">>> ")
+        os.write(main, b"\x1b[A" * 4 + b"\r")  # up: /clear, lines""", """two, hello there
+        until(b"\r\n")  # readline redraws each recalled line; the answer follows the newline
+        again = until(b">>> ")
+        os.write(main, b"/bye\r")
+        with contextlib.suppress(OSError):  # read to the end: a pty's closing waits for its output to be read
+            while select.select([main], [], [], 60)[0] and os.read(main, 4096):
+                pass
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    answer = greedy_reference(home, [{"role": "user", "content": "hello there"}]).encode()
+    assert answer.replace(b"\n", b"\r\n") in first
+    assert again == answer.replace(b"\n", b"\r\n") + b"\r\n"  # the same question, recalled, same answer
+    history = (home / "history").read_text(encoding="utf-8")
+    assert "hello there" in history and "/clear" in history
