@@ -99,3 +99,25 @@ def test_lora_merge_on_save_writes_a_plain_model(tok, tmp_path):
     assert not (tmp_path / "m" / "adapter.json").exists()
     plain, _ = load_model(tmp_path / "m")
     assert abs(_answer_loss(plain, tok) - _answer_loss(model, tok)) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", peft.METHODS)
+def test_adapter_run_resumes_exactly(tok, tmp_path, method):
+    """3 steps, stop, resume to 6 == 6 steps straight: the loop's checkpoint carries the adapter."""
+    import dataclasses
+
+    def run(out, steps, resume=False):
+        model = _gpt(tok)
+        peft.attach(model, peft.PeftConfig(method, r=4, n_virtual=4))
+        stage = sft_stage(model, tok, CONVS, CONVS[:4], batch_size=4, seed=0)
+        cfg = dataclasses.replace(_cfg(steps, lr=1e-2), schedule="constant", warmup_steps=0)
+        train(stage, cfg, out, resume=resume)
+        return {k: v.detach().clone() for k, v in peft.adapter_state(model).items()}
+
+    straight = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 3)
+    resumed = run(tmp_path / "b", 6, resume=True)
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
