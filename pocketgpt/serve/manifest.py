@@ -113,8 +113,8 @@ class Manifest:
         """Ollama's `details` block: format, family, parameter size, quantization."""
         c = self.config
         n = self.document.get("annotations", {}).get("parameter_count")
-        return {"format": "safetensors", "family": c.get("flavour") or c.get("arch") or "gpt",
-                "families": [c.get("flavour") or c.get("arch") or "gpt"],
+        family = _family(c)
+        return {"format": "safetensors", "family": family, "families": [family],
                 "parameter_size": _human_count(n) if n else "", "quantization_level": _quant_level(c)}
 
     def file_layers(self) -> dict[str, dict[str, Any]]:
@@ -132,6 +132,13 @@ class Manifest:
         lines += [f"MESSAGE {m['role']} {quote(m['content'])}" for m in self.messages]
         lines += [f"LICENSE {quote(text)}" for text in self.license]
         return "\n".join(lines) + "\n"
+
+
+def _family(c: dict[str, Any]) -> str:
+    """llama (RoPE + RMSNorm + SwiGLU), gpt2, seq2seq or bert, as ModelConfig.flavour names them."""
+    if c.get("arch", "gpt") != "gpt":
+        return str(c["arch"])
+    return "llama" if (c.get("positions"), c.get("norm"), c.get("activation")) == ("rope", "rmsnorm", "swiglu") else "gpt2"
 
 
 def _human_count(n: int) -> str:

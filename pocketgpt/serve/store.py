@@ -353,8 +353,8 @@ class Store:
     # -- removing and copying --------------------------------------------------------------------------
     def remove(self, name: str) -> None:
         """Delete `name`; blobs no other model uses are deleted with it."""
-        m = self.get(name)
         with self._lock():
+            m = self.get(name)
             path = self.manifest_path(name)
             path.unlink(missing_ok=True)
             _prune_empty_dirs(path.parent, self.manifests)
@@ -367,10 +367,9 @@ class Store:
 
     def copy(self, src: str, dst: str) -> None:
         """Make `dst` another name for the same manifest (blobs are shared, nothing is copied)."""
-        self.get(src)
-        data = self.manifest_path(src).read_bytes()
         with self._lock():
-            atomic_write(self.manifest_path(dst), data)
+            self.get(src)
+            atomic_write(self.manifest_path(dst), self.manifest_path(src).read_bytes())
 
     def _digest_of(self, name: str) -> str:
         return "sha256:" + hashlib.sha256(self.manifest_path(name).read_bytes()).hexdigest()

@@ -189,7 +189,8 @@ def test_smollm2_gguf_from_the_store_answers(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     store = Store(tmp_path / "models")
-    assert store.get("smollm2:135m").details()["parameter_size"] == "134.5M"
+    details = store.get("smollm2:135m").details()
+    assert (details["parameter_size"], details["family"]) == ("134.5M", "llama")
     assert not list((store.root / "tmp").iterdir())  # the import's scratch directory is gone
 
 

@@ -81,6 +81,9 @@ def test_create_materialize_load_gives_the_same_weights(store, model_dirs):
     assert m.size == sum(layer["size"] for layer in m.layers) > 0
     assert set(m.file_layers()) >= {"config.json", "model.safetensors", "pocketgpt-tokenizer.json"}
     assert m.details()["parameter_size"].endswith("K") and m.details()["format"] == "safetensors"
+    from pocketgpt.model.checkpoint import load_config
+
+    assert m.details()["family"] == load_config(model_dirs[0]).flavour
     d = store.materialize("tiny")
     assert store.materialize("tiny:latest") == d  # cached
     ours, tok = load_model(d)
@@ -436,3 +439,33 @@ def test_cli_verbs(tmp_path, model_dirs, monkeypatch, capsys):
     Path("Modelfile").write_text("FROM tiny\nPARAMETER top_p 7\n")
     rc, _, err = cli("create", "x")
     assert rc == 2 and "Modelfile:2:" in err and "out of range" in err
+
+
+def test_concurrent_writers_keep_the_store_consistent(store, model_dirs):
+    """Creates, copies and removes racing in threads (each takes the store's file lock, as separate
+    processes do): every surviving model loads and doctor finds nothing wrong."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for j in range(3):
+                name = f"w{i}-{j}"
+                store.create(name, Modelfile.parse(f"FROM {model_dirs[i % 2]}\nSYSTEM worker {i}\n"))
+                store.copy(name, f"{name}-copy")
+                store.remove(name if j % 2 else f"{name}-copy")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(store.names()) == 12
+    report = store.doctor()
+    assert report["ok"], report
+    for name in store.names():
+        store.verify_blob(store.get(name).file_layers()["model.safetensors"]["digest"])
