@@ -68,6 +68,8 @@ def _picked(args: argparse.Namespace, prefix: str) -> dict:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
     from pocketgpt.config import get_preset
@@ -90,6 +92,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     model = build_model(config)
     stage = pretrain_stage(model, prepared, batch_size=tcfg.batch_size, seed=tcfg.seed)
     result = train(stage, tcfg, Path(args.out), resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     samples = _samples(result.out_dir, args.samples) if args.samples else {}
     summary = {"out": str(result.out_dir), "steps": result.steps, "stopped": result.stopped,
                "train_loss": result.train_loss, "val_loss": result.val_loss,
@@ -106,10 +110,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _samples(model_dir: Path, n_tokens: int) -> dict[str, str]:
     """A short continuation of each sample prompt (temperature 0.8, seeded), to see what was learned."""
-    import os
-
-    if os.environ.get("RANK", "0") != "0":
-        return {}
     from pocketgpt.infer.engine import Engine
     from pocketgpt.infer.sampling import SamplingParams
     from pocketgpt.model.checkpoint import load_model
@@ -118,6 +118,9 @@ def _samples(model_dir: Path, n_tokens: int) -> dict[str, str]:
     model, tok = load_model(model_dir)
     engine = Engine(model, tok, max_batch=4)
     prompts = sample_prompts(tok)
-    params = SamplingParams(max_tokens=n_tokens, temperature=0.8, top_k=50, seed=1)
-    done = engine.generate([tok.encode(p) for p in prompts], params)
+    block = model.config.block_size
+    ids = [tok.encode(p)[-(block // 2):] for p in prompts]  # leave room to continue in a short context
+    params = SamplingParams(max_tokens=max(1, min(n_tokens, block - max(map(len, ids)) - 1)), temperature=0.8,
+                            top_k=50, seed=1)
+    done = engine.generate(ids, params)
     return {p: c.text for p, c in zip(prompts, done, strict=True)}

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -205,7 +206,7 @@ class _Run:
         self._checkpoint(time.perf_counter() - t0)
         if stopped != "done" and self.world.is_main:
             print(f"{self.stage.name}: stopped at step {self.step} ({stopped}); checkpoint saved in "
-                  f"{self.out_dir / 'checkpoint'}; continue with --resume")
+                  f"{self.out_dir / 'checkpoint'}; continue with --resume", file=sys.stderr)
         return TrainResult(self.step, self.last_loss, self.last_val, list(self.log.rows), self.out_dir, stopped)
 
     def _start(self, resume: bool) -> None:
@@ -355,7 +356,7 @@ class _Run:
         vals = [r["val_loss"] for r in self.log.rows if "val_loss" in r]
         self.last_val = vals[-1] if vals else None
         if self.world.is_main:
-            print(f"{self.stage.name}: resumed from {ckpt} at step {self.step}")
+            print(f"{self.stage.name}: resumed from {ckpt} at step {self.step}", file=sys.stderr)
 
 
 def _same_model(saved: dict | None, now: dict | None, ckpt: Path) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,27 @@ def prepare_data(data: list[str] | None, *, vocab_size: int, tokenizer: str | No
     raw, cleaned = _classify(specs)
     key = _cache_key(raw + cleaned, vocab_size, tokenizer)
     root = (cache or _prepared_root()) / key
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root / ".lock"):  # torchrun starts N processes at once: one prepares, the others reuse it
+        return _prepare(root, raw, cleaned, vocab_size, tokenizer, processes, progress)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    import fcntl
+
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(root: Path, raw: list[Path], cleaned: list[Path], vocab_size: int, tokenizer: str | None,
+             processes: int | None, progress: bool) -> Prepared:
+    from pocketgpt.text import shards as sh
+
     notes = []
     if raw:
         clean_dir = root / "clean"
