@@ -244,3 +244,26 @@ def test_terminal_session_has_prompts_and_readline_history(home):
     assert again == answer.replace(b"\n", b"\r\n") + b"\r\n"  # the same question, recalled, same answer
     history = (home / "history").read_text(encoding="utf-8")
     assert "hello there" in history and "/clear" in history
+
+
+def test_options_map_onto_sampling_params(loaded):
+    """Request options over the model's PARAMETERs over Ollama's defaults, in SamplingParams terms."""
+    from pocketgpt.errors import PocketError
+
+    tok = loaded.tokenizer
+    p = loaded.sampling({}, prompt_len=20)
+    # the Modelfile says temperature 0, repeat_penalty 1, num_predict 12; Ollama's defaults fill the rest
+    assert (p.temperature, p.repetition_penalty, p.max_tokens, p.top_k, p.top_p) == (0.0, 1.0, 12, 40, 0.9)
+    assert tok.special_tokens["<|end|>"] in p.stop_ids and tok.special_tokens["<|endoftext|>"] in p.stop_ids
+    p = loaded.sampling({"temperature": 0.5, "top_k": 0, "top_p": 1, "num_predict": -1, "seed": 3,
+                         "stop": ["\n\n", "<|user|>"], "min_p": 0.1, "presence_penalty": 0.5}, prompt_len=100)
+    assert (p.temperature, p.top_k, p.top_p, p.seed, p.min_p, p.presence_penalty) == (0.5, None, None, 3, 0.1, 0.5)
+    assert p.max_tokens == loaded.context - 100 - 1  # -1: until the context is full
+    assert p.stop == ("\n\n",) and tok.special_tokens["<|user|>"] in p.stop_ids  # a special stops by id
+    assert loaded.sampling({"num_predict": 500}, prompt_len=120).max_tokens == loaded.context - 121
+    with pytest.raises(PocketError, match="top_p"):
+        loaded.sampling({"top_p": 0})
+    # SYSTEM comes first unless the conversation brings its own
+    assert loaded.messages([{"role": "user", "content": "hi"}])[0] == {"role": "system", "content": SYSTEM}
+    own = [{"role": "system", "content": "mine"}, {"role": "user", "content": "hi"}]
+    assert loaded.messages(own) == own
