@@ -41,6 +41,11 @@ demo: setup $(VENV)/.smollm2
 	$(PY) -m pocketgpt tokenizer show --tokenizer gpt2 "A journey of a thousand miles begins with a single step."
 	$(PY) -m pocketgpt ngram --n 3 --words --corpus austen --generate 40 --seed 1 --top 5
 	$(PY) -m pocketgpt ngram --n 3 --corpus zh --generate 60 --seed 1 --top 5
+	# pretrain the tiny GPT on the default corpus (cleaned, tokenized, cached): ~5 min on 2 cores
+	$(PY) -m pocketgpt pretrain --preset tiny --out $(OUT)/tiny $(if $(wildcard $(OUT)/tiny/checkpoint),--resume,)
+	$(PY) -m pocketgpt eval $(OUT)/tiny ngram:5:char@austen --data austen --max-tokens 20000
+	$(PY) -m pocketgpt predict $(OUT)/tiny "It is a truth universally" --top 8
+	$(PY) -m pocketgpt generate $(OUT)/tiny "Elizabeth" --max-tokens 60 --temperature 0.8 --top-k 50 --seed 1
 	$(PY) -m pocketgpt import gguf "$(SMOLLM2_GGUF)" $(OUT)/smollm2
 	$(PY) -m pocketgpt model info $(OUT)/smollm2
 	$(PY) -m pocketgpt generate $(OUT)/smollm2 "The capital of France is" --max-tokens 24 --temperature 0
