@@ -272,10 +272,19 @@ class Store:
         for layer in doc["layers"]:  # under the lock: nothing can prune them before the manifest lands
             if not self.has_blob(layer["digest"]):
                 raise BlobError(f"{name}: blob {layer['digest']} is not in the store; pull or create the model again")
+            size = self.blob_path(layer["digest"]).stat().st_size
+            if layer.get("size") != size:
+                raise BlobError(f"{name}: layer {layer['digest']} says size {layer.get('size')!r}, the blob has {size} bytes")
         files = {x.get("name") for x in doc["layers"] if KIND[x["mediaType"]] == "file"}
         if not {"config.json", "model.safetensors"} <= files:
             raise BlobError(f"{name}: a model needs config.json and model.safetensors layers; got {sorted(files)}")
-        atomic_write(self.manifest_path(name), json.dumps(doc, indent=1, ensure_ascii=False))
+        path = self.manifest_path(name)
+        clash = [p for p in [path, *path.parents] if p != self.manifests and self.manifests in p.parents
+                 and (p.is_file() if p != path else p.is_dir())]
+        if clash:
+            raise ModelNameError(f"{name} clashes with {clash[0].relative_to(self.manifests).as_posix()} already in the "
+                                 "store (a name cannot also be a namespace); choose another name")
+        atomic_write(path, json.dumps(doc, indent=1, ensure_ascii=False))
         return self.get(name)
 
     def _base_layers(self, mf: Modelfile) -> tuple[list[dict[str, Any]], Manifest | None]:
@@ -368,8 +377,8 @@ class Store:
     def copy(self, src: str, dst: str) -> None:
         """Make `dst` another name for the same manifest (blobs are shared, nothing is copied)."""
         with self._lock():
-            self.get(src)
-            atomic_write(self.manifest_path(dst), self.manifest_path(src).read_bytes())
+            doc = self.get(src).to_json()
+            self._write_manifest(full_name(dst), doc)
 
     def _digest_of(self, name: str) -> str:
         return "sha256:" + hashlib.sha256(self.manifest_path(name).read_bytes()).hexdigest()

@@ -469,3 +469,19 @@ def test_concurrent_writers_keep_the_store_consistent(store, model_dirs):
     assert report["ok"], report
     for name in store.names():
         store.verify_blob(store.get(name).file_layers()["model.safetensors"]["digest"])
+
+
+def test_a_name_cannot_also_be_a_namespace(store, model_dirs):
+    store.create_from_dir("me/tiny", model_dirs[0])  # manifests/me/tiny/latest
+    with pytest.raises(ModelNameError, match="clashes"):
+        store.copy("me/tiny", "me/tiny/latest")  # would need manifests/me/tiny/latest/latest
+    with pytest.raises(ModelNameError, match="clashes"):
+        store.copy("me/tiny", "me:tiny")  # would need the directory manifests/me/tiny as a file
+    assert store.names() == ["me/tiny:latest"]
+
+
+def test_put_manifest_checks_layer_sizes(store, model_dirs):
+    doc = store.create_from_dir("a", model_dirs[0]).to_json()
+    doc["layers"][0] = {**doc["layers"][0], "size": doc["layers"][0]["size"] + 1}
+    with pytest.raises(BlobError, match="says size"):
+        store.put_manifest("b", doc)
