@@ -229,3 +229,11 @@ def test_fsdp_two_processes_match_one_process(tmp_path):
     one, two = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
     assert one.keys() == two.keys() and all(abs(one[s] - two[s]) < 1e-5 for s in one)
     assert (tmp_path / "fsdp" / "model.safetensors").is_file()  # a whole model was gathered and saved
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path):
+    fp32 = train(toy_stage(8), toy_train_config(max_steps=15, batch_size=8, ckpt_every=0), tmp_path / "fp32")
+    bf16 = train(toy_stage(8), toy_train_config(max_steps=15, batch_size=8, ckpt_every=0, dtype="bf16"),
+                 tmp_path / "bf16")
+    assert bf16.train_loss < bf16.history[0]["loss"]  # it learns
+    assert abs(bf16.val_loss - fp32.val_loss) < 0.1  # and lands near the fp32 run (bf16 has ~3 significant digits)
