@@ -267,3 +267,18 @@ def test_options_map_onto_sampling_params(loaded):
     assert loaded.messages([{"role": "user", "content": "hi"}])[0] == {"role": "system", "content": SYSTEM}
     own = [{"role": "system", "content": "mine"}, {"role": "user", "content": "hi"}]
     assert loaded.messages(own) == own
+
+
+def test_a_go_template_model_answers_like_the_builtin_template(home, tmp_path):
+    """TEMPLATE in Ollama's legacy Go form, written to produce pocketgpt's own chat format, must give
+    the same prompt and so the same greedy answer as the built-in template."""
+    store = Store(tmp_path / "models")
+    go = ("{{ if .System }}<|system|>{{ .System }}<|end|>\n{{ end }}"
+          "{{ if .Prompt }}<|user|>{{ .Prompt }}<|end|>\n{{ end }}<|assistant|>{{ .Response }}<|end|>\n")
+    mf = Modelfile.parse(MODELFILE.format(model=home / "src") + f'TEMPLATE """{go}"""\nPARAMETER stop "<|end|>"\n')
+    store.create("go", mf)
+    loaded = load_store_model(store, "go")
+    assert type(loaded.template).__name__ == "GoTemplate"
+    out = io.StringIO()
+    run_chat(loaded, "你好，今天天气怎么样？", stdout=out)
+    assert out.getvalue() == greedy_reference(home, [{"role": "user", "content": "你好，今天天气怎么样？"}]) + "\n"
