@@ -7,7 +7,7 @@ Each engine continues the same 16-token prompt for `--tokens` new tokens (greedy
 tokens/s = new tokens / wall time of the call (prefill included). The engines run in alternating
 rounds in this one process (a busy spell on the shared CPU hits all of them), best of `--repeat`.
 
-    python bench/decode.py [--models tiny,gpt2-124m] [--tokens 128] [--repeat 5]
+    python bench/decode.py [--models tiny,gpt2-124m] [--tokens 128] [--repeat 5] [--threads 2]
 
 Ends with one JSON line per metric; ratio > 1 means ours is better.
 """
@@ -113,13 +113,14 @@ def hf(model_dir: Path, tmp: Path, n: int) -> Runner:
     return Runner("HF generate", run, n)
 
 
-def llama_cpp(model_dir: Path, tmp: Path, n: int) -> Runner:
+def llama_cpp(model_dir: Path, tmp: Path, n: int, threads: int) -> Runner:
     import llama_cpp
 
     from pocketgpt.model.gguf_export import export_gguf
 
     path = export_gguf(model_dir, tmp / "m.gguf", "f32")
-    llm = llama_cpp.Llama(str(path), n_ctx=len(PROMPT) + n + 8, n_threads=2, n_batch=64, verbose=False)
+    llm = llama_cpp.Llama(str(path), n_ctx=len(PROMPT) + n + 8, n_threads=threads, n_batch=64,
+                          verbose=False)
 
     def run() -> list[int]:
         llm.reset()
@@ -133,11 +134,11 @@ def llama_cpp(model_dir: Path, tmp: Path, n: int) -> Runner:
     return Runner("llama.cpp", run, n)
 
 
-def bench_model(preset: str, root: Path, n: int, repeat: int) -> list[dict]:
+def bench_model(preset: str, root: Path, n: int, repeat: int, threads: int) -> list[dict]:
     """All engines on one model, in alternating rounds (the CPU is shared: a slow spell hits every
     engine, not one), best of `repeat` rounds each."""
     d = build(preset, root)
-    runners = [ours(d, n), hf(d, root / preset, n), llama_cpp(d, root / preset, n), ours(d, n, batch=8)]
+    runners = [ours(d, n), hf(d, root / preset, n), llama_cpp(d, root / preset, n, threads), ours(d, n, batch=8)]
     for r in runners:
         r()  # warm-up (allocations, lazy init); not counted
         r.best = float("inf")
@@ -156,7 +157,7 @@ def bench_model(preset: str, root: Path, n: int, repeat: int) -> list[dict]:
     goal_hf, goal_cpp = (3.0, 0.5) if preset == "tiny" else (None, 1.0)
     common = {"bench": "decode", "load_avg": [round(load_before, 2), round(load_after, 2)]}
     return [{**common, "metric": f"{preset}_batch1_tok_per_s", "ours": round(o1, 1),
-             "peer": "llama.cpp (llama-cpp-python, f32, n_threads=2)", "peer_value": round(c.rate, 1),
+             "peer": f"llama.cpp (llama-cpp-python, f32, n_threads={threads})", "peer_value": round(c.rate, 1),
              "ratio": round(o1 / c.rate, 3), "goal": goal_cpp},
             {**common, "metric": f"{preset}_batch1_tok_per_s", "ours": round(o1, 1),
              "peer": "transformers generate()", "peer_value": round(h.rate, 1), "ratio": round(o1 / h.rate, 3),
@@ -170,18 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="tiny,gpt2-124m", help="comma-separated presets (default tiny,gpt2-124m)")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per run (default 128)")
     ap.add_argument("--repeat", type=int, default=5, help="timed rounds; the best counts (default 5)")
+    ap.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads (default 2)")
     args = ap.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print("config:", json.dumps({"models": args.models, "prompt_tokens": len(PROMPT), "new_tokens": args.tokens,
-                                 "repeat": args.repeat, "dtype": "float32", "sampling": "greedy"}))
+                                 "repeat": args.repeat, "threads": args.threads, "dtype": "float32", "sampling": "greedy"}))
     print("machine:", json.dumps(machine()))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.models.split(","):
-            rows += bench_model(preset, Path(tmp), args.tokens, args.repeat)
+            rows += bench_model(preset, Path(tmp), args.tokens, args.repeat, args.threads)
     for r in rows:
         print(json.dumps(r))
     return 0
