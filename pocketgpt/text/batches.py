@@ -22,8 +22,11 @@ class _Windows:
     def __init__(self, stream, batch_size: int, block_size: int, *, seed: int = 0, rank: int = 0,
                  world: int = 1) -> None:
         if len(stream) < block_size + 1:
-            raise DataError(f"the {getattr(stream, 'split', '')} split has {len(stream)} tokens, fewer than "
-                            f"block_size + 1 = {block_size + 1}; give more text or a smaller --block-size")
+            raise DataError(f"{getattr(stream, 'split', 'the')} split has {len(stream)} tokens, fewer than "
+                            f"block_size+1={block_size + 1}; give more text (or a larger --val-fraction for val) "
+                            "or a smaller --block-size")
+        if batch_size < 1 or block_size < 1:
+            raise DataError(f"batch_size and block_size must be at least 1, got {batch_size} and {block_size}")
         if not 0 <= rank < world:
             raise DataError(f"rank {rank} outside a world of {world} processes")
         self.stream, self.B, self.T = stream, batch_size, block_size
@@ -39,10 +42,18 @@ class _Windows:
         return self
 
     def state_dict(self) -> dict:
-        return {"k": self.k, "seed": self.seed}
+        """The position: batches drawn so far (the next one is batch `step`), plus the layout it
+        assumes, so a resume with another seed, batch size or world size is refused, not silently
+        different."""
+        return {"step": self.k, "seed": self.seed, "global_batch": self.B * self.world, "block_size": self.T}
 
     def load_state_dict(self, state: dict) -> None:
-        self.k = int(state["k"])
+        mine = self.state_dict()
+        for key in ("seed", "global_batch", "block_size"):
+            if key in state and state[key] != mine[key]:
+                raise DataError(f"cannot resume batches: the saved position has {key}={state[key]}, this run "
+                                f"{key}={mine[key]}; resume with the settings of the saved run")
+        self.k = int(state["step"])
 
 
 class TokenBatches(_Windows):

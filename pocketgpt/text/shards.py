@@ -6,10 +6,12 @@
       -> meta.json (dtype, vocab size, token counts, sha256 of every shard) + the tokenizer's files
 
 The split depends only on each document's text, so re-running gives the same split, and adding
-documents never moves an old one. Encoding runs in a pool of processes over chunks of documents,
-order preserved, so the files are byte-identical whatever the number of processes. Every file is
-written under a temporary name and renamed; meta.json goes last, so a shards directory with a
-meta.json is complete. Knows nothing of batches (batches.py) or models.
+documents never moves an old one. Documents stream through a pool of processes in chunks, order
+preserved, so memory holds a few thousand documents (never the corpus) and the files are
+byte-identical whatever the number of processes. Everything is written into a staging directory
+inside `out_dir` and moved into place only when the whole corpus is done, meta.json last: a bad
+input (empty, binary, not UTF-8) found half-way leaves the previous shards untouched, and a
+shards directory with a meta.json is complete. Knows nothing of batches (batches.py) or models.
 """
 
 from __future__ import annotations
@@ -17,18 +19,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from pocketgpt.atomic import atomic_path, atomic_write, sha256_file
+from pocketgpt.atomic import sha256_file
 from pocketgpt.errors import DataError, TokenizerError
 
 FORMAT = 1
 META = "meta.json"
 SPLITS = ("train", "val")
 CHUNK_DOCS = 512  # documents per task of the process pool
+CHUNKS_IN_FLIGHT = 4  # chunks per process held in memory at once
 
 
 def write_shards(sources: list[str | os.PathLike], tokenizer, out_dir: str | os.PathLike, *,
@@ -37,34 +43,63 @@ def write_shards(sources: list[str | os.PathLike], tokenizer, out_dir: str | os.
     """Tokenize `sources` into shards in `out_dir`; returns the metadata written to meta.json."""
     from pocketgpt.text.specials import EOT
 
-    out = Path(out_dir)
     if EOT not in tokenizer.special_tokens:
         raise TokenizerError(f"the tokenizer has no {EOT} token to end documents with; train it with "
                              f"`--special {EOT}` (pocketgpt's default) or add it")
     np_dtype = _dtype(dtype, tokenizer.vocab_size)
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if shard_tokens < 1:
+        raise DataError(f"shard_tokens must be at least 1, got {shard_tokens}")
+    files = source_files(sources)  # missing paths fail here, before anything is written
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)  # incomplete until the new meta.json lands
-    tokenizer.save(out)
-    writers = {s: _ShardWriter(out, s, np_dtype, shard_tokens) for s in SPLITS}
-    eot = tokenizer.special_tokens[EOT]
-    docs = list(_documents(sources))
-    if not docs:
-        raise DataError(f"no text in {', '.join(map(str, sources))}: the corpus is empty")
-    to_val = [_is_val(d, val_fraction) for d in docs]
-    if val_fraction > 0 and len(docs) > 1 and not any(to_val):
-        to_val[-1] = True  # a split always has both halves
-    for ids, is_val in zip(_encode_all(docs, out, processes, progress), to_val, strict=True):
-        writers["val" if is_val else "train"].add(ids, eot)
-    if val_fraction > 0 and len(docs) == 1:  # one document: its tail is the validation text
-        writers["train"].move_tail_to(writers["val"], val_fraction)
-    splits = {s: w.close() for s, w in writers.items()}
-    meta = {"format": FORMAT, "dtype": np.dtype(np_dtype).name, "vocab_size": tokenizer.vocab_size, "eot_id": eot,
-            "tokenizer_sha256": _tokenizer_digest(out), "sources": [str(s) for s in sources],
-            "val_fraction": val_fraction, "splits": splits}
-    atomic_write(out / META, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    stage = Path(tempfile.mkdtemp(prefix=".tokenize-", dir=out))
+    try:
+        tokenizer.save(stage)
+        writers = {s: _ShardWriter(stage, s, np_dtype, shard_tokens) for s in SPLITS}
+        docs = _encode_all(_documents(files), files, stage, processes, progress)
+        _split_into(writers, docs, tokenizer.special_tokens[EOT], val_fraction, sources)
+        meta = {"format": FORMAT, "dtype": np.dtype(np_dtype).name, "vocab_size": tokenizer.vocab_size,
+                "eot_id": tokenizer.special_tokens[EOT], "tokenizer_sha256": _tokenizer_digest(stage),
+                "sources": [str(s) for s in sources], "val_fraction": val_fraction,
+                "splits": {s: w.close() for s, w in writers.items()}}
+        (stage / META).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return meta
+
+
+def _split_into(writers: dict, docs: Iterable[tuple[str, np.ndarray]], eot: int, val_fraction: float,
+                sources: list) -> None:
+    """Route each document to train or val by its hash. A split always has both halves: the first
+    document waits for a second (alone, it is cut: val gets the tail of its tokens), and the latest
+    train document is held back so it can become val when no document hashed into val."""
+    first, held, n_docs, any_val = None, None, 0, False
+    for doc, ids in docs:
+        n_docs += 1
+        if n_docs == 1:
+            first = (doc, ids)
+            continue
+        for d, d_ids in ([first, (doc, ids)] if n_docs == 2 else [(doc, ids)]):
+            if _is_val(d, val_fraction):
+                writers["val"].add(d_ids, eot)
+                any_val = True
+            else:
+                if held is not None:
+                    writers["train"].add(held, eot)
+                held = d_ids
+    if n_docs == 0:
+        raise DataError(f"no text in {', '.join(map(str, sources))}: the corpus is empty; give files with text")
+    if n_docs == 1:
+        ids = first[1]
+        cut = len(ids) - max(1, int(len(ids) * val_fraction)) if val_fraction > 0 and len(ids) > 1 else len(ids)
+        writers["train"].add(ids[:cut], eot if cut == len(ids) else None)
+        if cut < len(ids):
+            writers["val"].add(ids[cut:], eot)
+    elif held is not None:
+        writers["val" if val_fraction > 0 and not any_val else "train"].add(held, eot)
 
 
 def _dtype(spec: str, vocab_size: int):
@@ -83,56 +118,69 @@ def _is_val(doc: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def _documents(sources: list[str | os.PathLike]) -> Iterator[str]:
-    """Documents of every source: corpus names, `pocketgpt clean` dirs, directories or text files."""
-    from pocketgpt.text.clean import iter_documents
+def source_files(sources: list[str | os.PathLike]) -> list[Path]:
+    """The text files behind `sources`: corpus names, `pocketgpt clean` dirs, directories, files."""
     from pocketgpt.text.corpora import ALIASES, CORPORA, corpus_paths
 
+    files: list[Path] = []
     for src in sources:
         s, path = str(src), Path(src)
         if s in CORPORA or s in ALIASES:
-            files = corpus_paths(s)
+            files += corpus_paths(s)
         elif (path / "cleaned.txt").is_file():
-            files = [path / "cleaned.txt"]
+            files.append(path / "cleaned.txt")
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-            if not files:
+            found = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not found:
                 raise DataError(f"{path}: no .txt files (nor a cleaned.txt) to tokenize")
+            files += found
+        elif not path.is_file():
+            raise DataError(f"{path}: no such file, and not a corpus name ({', '.join([*ALIASES, *CORPORA])})")
         else:
-            files = [path]
-        for where, doc in iter_documents(files):
-            if "\x00" in doc:
-                raise DataError(f"{where}: contains NUL bytes, so it looks like a binary file, not text")
-            yield doc
+            files.append(path)
+    return files
 
 
-def _encode_all(docs: list[str], out: Path, processes: int | None, progress: bool) -> Iterator[np.ndarray]:
-    """Token ids per document, in order, over a process pool (each worker loads the tokenizer once)."""
+def _documents(files: list[Path]) -> Iterator[str]:
+    from pocketgpt.text.clean import iter_documents
+
+    for where, doc in iter_documents(files):
+        if "\x00" in doc:
+            raise DataError(f"{where}: contains NUL bytes, so it looks like a binary file, not text")
+        yield doc
+
+
+def _encode_all(docs: Iterator[str], files: list[Path], stage: Path, processes: int | None,
+                progress: bool) -> Iterator[tuple[str, np.ndarray]]:
+    """(document, token ids) in order, encoded by a pool of processes that each load the tokenizer
+    once; at most CHUNKS_IN_FLIGHT chunks per process are read ahead."""
     from tqdm import tqdm
 
-    chunks = [docs[i:i + CHUNK_DOCS] for i in range(0, len(docs), CHUNK_DOCS)]
     n = processes if processes is not None else min(2, os.cpu_count() or 1)
-    bar = tqdm(total=sum(map(len, docs)), unit="char", unit_scale=True, desc="tokenize", disable=not progress)
-    if n <= 1 or len(chunks) == 1:
-        _init_worker(str(out))
-        results = map(_encode_chunk, chunks)
-        pool = None
-    else:
+    total = sum(f.stat().st_size for f in files)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=not progress)
+    chunks = iter(lambda: list(islice(docs, CHUNK_DOCS)), [])
+    pool = None
+    if n > 1:
         import multiprocessing as mp
 
         # fork: workers run only the tokenizer (tiktoken + numpy), never torch, so forking is safe and
         # needs no importable __main__ (spawn would re-run the caller's script)
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = mp.get_context(method).Pool(n, initializer=_init_worker, initargs=(str(out),))
-        results = pool.imap(_encode_chunk, chunks)
+        pool = mp.get_context(method).Pool(n, initializer=_init_worker, initargs=(str(stage),))
+    else:
+        _init_worker(str(stage))
     try:
-        for chunk, encoded in zip(chunks, results, strict=True):
-            bar.update(sum(map(len, chunk)))
-            yield from encoded
+        while group := list(islice(chunks, CHUNKS_IN_FLIGHT * n)):
+            encoded = pool.map(_encode_chunk, group) if pool is not None else map(_encode_chunk, group)
+            for chunk, ids in zip(group, encoded, strict=True):
+                bar.update(sum(len(d.encode("utf-8")) + 2 for d in chunk))  # + the blank line after each
+                yield from zip(chunk, ids, strict=True)
+        bar.update(max(0, total - bar.n))
     finally:
         bar.close()
         if pool is not None:
-            pool.close()
+            pool.terminate()
             pool.join()
 
 
@@ -160,35 +208,44 @@ class _ShardWriter:
         self.buffered = 0
         self.files: list[dict] = []
         self.n_docs = 0
-        for old in out.glob(f"{split}_*.bin"):
-            old.unlink()
 
-    def add(self, ids: np.ndarray, eot: int) -> None:
-        self.buf += [ids, np.array([eot], dtype=np.int64)]
-        self.buffered += len(ids) + 1
+    def add(self, ids: np.ndarray, eot: int | None) -> None:
+        """Append a document's ids and the end-of-text token (None: a document cut in two)."""
+        self.buf += [ids] if eot is None else [ids, np.array([eot], dtype=np.int64)]
+        self.buffered += len(ids) + (eot is not None)
         self.n_docs += 1
-        while self.buffered >= self.limit:
+        if self.buffered >= self.limit:
             flat = np.concatenate(self.buf)
-            self._flush(flat[:self.limit])
-            rest = flat[self.limit:]
-            self.buf, self.buffered = ([rest] if len(rest) else []), len(rest)
-
-    def move_tail_to(self, other: _ShardWriter, fraction: float) -> None:
-        flat = np.concatenate(self.buf) if self.buf else np.zeros(0, np.int64)
-        cut = len(flat) - max(1, int(len(flat) * fraction))
-        self.buf, self.buffered = [flat[:cut]], cut
-        other.buf, other.buffered = [flat[cut:]], len(flat) - cut
+            cut = len(flat) - len(flat) % self.limit
+            for i in range(0, cut, self.limit):
+                self._flush(flat[i:i + self.limit])
+            self.buf, self.buffered = [flat[cut:]], len(flat) - cut
 
     def _flush(self, ids: np.ndarray) -> None:
         name = f"{self.split}_{len(self.files):04d}.bin"
-        with atomic_path(self.out / name) as tmp:
-            ids.astype(self.dtype).tofile(tmp)
+        with open(self.out / name, "wb") as f:
+            ids.astype(self.dtype).tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
         self.files.append({"file": name, "n_tokens": int(len(ids)), "sha256": sha256_file(self.out / name)})
 
     def close(self) -> dict:
         if self.buffered or not self.files:
             self._flush(np.concatenate(self.buf) if self.buf else np.zeros(0, np.int64))
         return {"n_tokens": sum(f["n_tokens"] for f in self.files), "n_docs": self.n_docs, "shards": self.files}
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the finished files from `stage` into `out`: the old meta.json goes first (so a crash in
+    between leaves an incomplete directory, never a wrong one), the old shards next, meta.json last."""
+    (out / META).unlink(missing_ok=True)
+    for split in SPLITS:
+        for old in out.glob(f"{split}_*.bin"):
+            old.unlink()
+    for f in sorted(stage.iterdir()):
+        if f.name != META:
+            os.replace(f, out / f.name)
+    os.replace(stage / META, out / META)
 
 
 def _tokenizer_digest(out: Path) -> str:

@@ -1,5 +1,6 @@
-"""Token shards and batch sources: round trips (Chinese too), the deterministic split, checksums,
-process-pool == single process, bad input, and batches that resume exactly and split across ranks."""
+"""Token shards: round trips (Chinese too), the deterministic split, checksums, process pool ==
+single process, bad input refused without losing the shards already there, and the CLI.
+(Batch sources over the shards: test_batches.py.)"""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
+from pocketgpt.atomic import sha256_file
 from pocketgpt.errors import DataError, TokenizerError
 from pocketgpt.text import shards
-from pocketgpt.text.batches import SequentialBatches, TokenBatches, batches_from_tokens
 from pocketgpt.text.bpe import Tokenizer
+from pocketgpt.text.bpe_files import OURS
 from pocketgpt.text.shards import open_shards, verify_shards, write_shards
 from pocketgpt.text.specials import EOT, RESERVED
 
@@ -111,41 +112,6 @@ def test_bad_inputs_are_named(tok, tmp_path):
         write_shards([empty], no_eot, tmp_path / "x", progress=False)
 
 
-def test_a_corpus_smaller_than_one_block_is_refused(tok, tmp_path):
-    small = tmp_path / "small.txt"
-    small.write_text("a few words only", encoding="utf-8")
-    write_shards([small], tok, tmp_path / "s", val_fraction=0.0, progress=False)
-    with pytest.raises(DataError, match="fewer than block_size"):
-        TokenBatches(open_shards(tmp_path / "s"), 2, 256, seed=0)
-
-
-def test_batches_are_seeded_resumable_and_split_across_ranks():
-    ids = np.arange(5000) % 997
-    a, b = batches_from_tokens(ids, 4, 16, seed=3), batches_from_tokens(ids, 4, 16, seed=3)
-    first = [next(a) for _ in range(3)]
-    assert all(torch.equal(x[0], y[0]) for x, y in zip(first, (next(b) for _ in range(3)), strict=True))
-    x, y = first[0]
-    assert x.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
-    saved = a.state_dict()
-    expected = [next(a) for _ in range(2)]
-    c = batches_from_tokens(ids, 4, 16, seed=3)
-    c.load_state_dict(saved)
-    assert all(torch.equal(e[0], next(c)[0]) for e in expected)
-    whole = batches_from_tokens(ids, 4, 16, seed=9)
-    halves = [batches_from_tokens(ids, 2, 16, seed=9, rank=r, world=2) for r in range(2)]
-    for _ in range(3):
-        assert torch.equal(next(whole)[0], torch.cat([next(h)[0] for h in halves]))
-    assert not torch.equal(next(batches_from_tokens(ids, 4, 16, seed=1))[0], next(batches_from_tokens(ids, 4, 16, seed=2))[0])
-
-
-def test_sequential_batches_repeat_the_same_windows(tok, corpus, tmp_path):
-    write_shards([corpus], tok, tmp_path / "s", val_fraction=0.0, progress=False)
-    stream = open_shards(tmp_path / "s")
-    one, two = SequentialBatches(stream, 2, 8), SequentialBatches(stream, 2, 8)
-    assert torch.equal(next(one)[0], next(two)[0])
-    assert torch.equal(next(SequentialBatches(stream, 2, 8))[0][0], torch.from_numpy(stream.window(0, 8)))
-
-
 def test_tokenize_cli(cli, tok, corpus, tmp_path):
     tok.save(tmp_path / "tok")
     out = cli("tokenize", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "s"), "--json", str(corpus))
@@ -155,3 +121,100 @@ def test_tokenize_cli(cli, tok, corpus, tmp_path):
     bad = cli("tokenize", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "x"), str(tmp_path / "nope.txt"),
               check=False)
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_a_failed_run_leaves_the_previous_shards_intact(tok, corpus, tmp_path):
+    out = tmp_path / "s"
+    before = write_shards([corpus], tok, out, progress=False)
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    good = tmp_path / "good.txt"
+    good.write_text("\n\n".join(f"fine text {i}" for i in range(3000)), encoding="utf-8")  # > one chunk first
+    binary = tmp_path / "zz.bin"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(DataError, match="zz.bin: not valid UTF-8"):
+        write_shards([good, binary], tok, out, progress=False)
+    with pytest.raises(DataError, match="uint32"):
+        write_shards([corpus], _BigVocab(tok), out, dtype="uint16", progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # no staging dir left behind either
+    assert json.loads((out / "meta.json").read_text(encoding="utf-8")) == json.loads(json.dumps(before))
+    verify_shards(out)
+
+
+class _BigVocab:
+    """A tokenizer that claims 70,000 ids (too many for uint16)."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok, self.special_tokens, self.vocab_size = tok, tok.special_tokens, 70_000
+
+    def save(self, directory):
+        return self.tok.save(directory)
+
+
+def test_meta_describes_the_files_and_the_tokenizer(tok, corpus, tmp_path):
+    meta = write_shards([corpus], tok, tmp_path / "s", val_fraction=0.3, shard_tokens=64, progress=False)
+    on_disk = json.loads((tmp_path / "s" / "meta.json").read_text(encoding="utf-8"))
+    assert on_disk == json.loads(json.dumps(meta)) and on_disk["format"] == shards.FORMAT
+    assert on_disk["eot_id"] == tok.special_tokens[EOT] and on_disk["tokenizer_sha256"] == sha256_file(tmp_path / "s" / OURS)
+    for split in ("train", "val"):
+        s = on_disk["splits"][split]
+        assert sum(f["n_tokens"] for f in s["shards"]) == s["n_tokens"] == len(open_shards(tmp_path / "s", split))
+        for f in s["shards"]:
+            assert sha256_file(tmp_path / "s" / f["file"]) == f["sha256"]
+            assert (tmp_path / "s" / f["file"]).stat().st_size == 2 * f["n_tokens"]  # uint16
+    again = shards.load_tokenizer_of(tmp_path / "s")
+    assert again.encode(DOCS[1]) == tok.encode(DOCS[1]) and again.special_tokens == tok.special_tokens
+    (tmp_path / "s" / "val_0000.bin").write_bytes(b"\0\0")
+    with pytest.raises(DataError, match="val_0000.bin: missing or of the wrong size"):
+        open_shards(tmp_path / "s", "val")
+
+
+def test_every_split_gets_text(tok, tmp_path):
+    three = tmp_path / "three.txt"
+    three.write_text("first document\n\nsecond document\n\n第三个文件", encoding="utf-8")
+    meta = write_shards([three], tok, tmp_path / "a", val_fraction=1e-12, progress=False)  # no hash lands in val
+    assert meta["splits"]["val"]["n_docs"] == 1 and meta["splits"]["train"]["n_docs"] == 2
+    assert tok.decode(open_shards(tmp_path / "a", "val").window(0, meta["splits"]["val"]["n_tokens"] - 1)) == "第三个文件"
+    one = tmp_path / "one.txt"
+    one.write_text(" ".join(["a single long document"] * 50), encoding="utf-8")
+    meta = write_shards([one], tok, tmp_path / "b", val_fraction=0.1, progress=False)  # val = its tail
+    n_train, n_val = meta["splits"]["train"]["n_tokens"], meta["splits"]["val"]["n_tokens"]
+    assert n_val - 1 == max(1, int((n_train + n_val - 1) * 0.1)) and n_train > 0  # + the end-of-text token
+    whole = np.concatenate([open_shards(tmp_path / "b", s).window(0, n) for s, n in (("train", n_train), ("val", n_val))])
+    assert tok.decode(whole[:-1].tolist()) == one.read_text(encoding="utf-8")
+
+
+def test_special_token_text_inside_a_document_is_plain_text(tok, tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text(f"a document that mentions {EOT} in its text\n\nanother", encoding="utf-8")
+    write_shards([path], tok, tmp_path / "s", val_fraction=0.0, progress=False)
+    stream = open_shards(tmp_path / "s")
+    ids = stream.window(0, len(stream)).tolist()
+    assert ids.count(tok.special_tokens[EOT]) == 2  # only the separators we put after each document
+    assert tok.decode(ids) == f"a document that mentions {EOT} in its text{EOT}another{EOT}"
+
+
+def test_sources_clean_dirs_text_dirs_and_corpus_names(tok, tmp_path, monkeypatch):
+    from pocketgpt.text import corpora
+
+    (tmp_path / "cleaned").mkdir()
+    (tmp_path / "cleaned" / "cleaned.txt").write_text("from clean\n\n清洗后的文本", encoding="utf-8")
+    (tmp_path / "cleaned" / "report.md").write_text("# not text to train on", encoding="utf-8")
+    (tmp_path / "texts" / "sub").mkdir(parents=True)
+    (tmp_path / "texts" / "b.txt").write_text("second file", encoding="utf-8")
+    (tmp_path / "texts" / "sub" / "a.txt").write_text("first file", encoding="utf-8")
+    (tmp_path / "austen.txt").write_text("It is a truth universally acknowledged", encoding="utf-8")
+    monkeypatch.setattr(corpora, "corpus_paths", lambda name: [tmp_path / f"{name}.txt"])
+    write_shards([tmp_path / "cleaned", tmp_path / "texts", "austen"], tok, tmp_path / "s", val_fraction=0.0,
+                 progress=False)
+    stream = open_shards(tmp_path / "s")
+    text = tok.decode(stream.window(0, len(stream)).tolist()).split(EOT)
+    assert text == ["from clean", "清洗后的文本", "second file", "first file", "It is a truth universally acknowledged", ""]
+
+
+def test_small_chunks_through_the_pool_keep_the_order(tok, corpus, tmp_path, monkeypatch):
+    write_shards([corpus], tok, tmp_path / "one", processes=1, progress=False)
+    monkeypatch.setattr(shards, "CHUNK_DOCS", 3)
+    monkeypatch.setattr(shards, "CHUNKS_IN_FLIGHT", 1)
+    write_shards([corpus], tok, tmp_path / "two", processes=2, progress=False)
+    for name in ("train_0000.bin", "val_0000.bin", "meta.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
