@@ -118,17 +118,30 @@ def test_repl_over_stdin(home):
     assert out.count("\n") < 80  # nothing after /bye was answered
 
 
-def test_run_errors(home):
-    r = pocketgpt(home, "run", "missing-model", "hi")
-    assert r.returncode == 2 and "not found" in r.stderr and "tiny-chat:latest" in r.stderr
-    r = pocketgpt(home, "run", "tiny-chat", "hi", "--temperature", "-1")
-    assert r.returncode == 2 and "out of range" in r.stderr
+def _cli(home: Path, monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    """The CLI in-process (same parser and handlers as the subprocess runs above, minus the start-up)."""
+    from pocketgpt.cli import main
+
+    monkeypatch.setenv("POCKETGPT_HOME", str(home))
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
-def test_seeded_sampling_is_reproducible(home):
-    a = pocketgpt(home, "run", "tiny-chat", "Elizabeth", "--temperature", "1", "--seed", "7")
-    b = pocketgpt(home, "run", "tiny-chat", "Elizabeth", "--temperature", "1", "--seed", "7")
-    assert a.returncode == 0 and a.stdout == b.stdout
+def test_run_errors(home, monkeypatch, capsys):
+    rc, _, err = _cli(home, monkeypatch, capsys, "run", "missing-model", "hi")
+    assert rc == 2 and "not found" in err and "tiny-chat:latest" in err
+    rc, _, err = _cli(home, monkeypatch, capsys, "run", "tiny-chat", "hi", "--temperature", "-1")
+    assert rc == 2 and "out of range" in err
+
+
+def test_seeded_sampling_is_reproducible(home, monkeypatch, capsys):
+    argv = ("run", "tiny-chat", "Elizabeth", "--temperature", "1", "--num-predict", "30")
+    a = _cli(home, monkeypatch, capsys, *argv, "--seed", "7")
+    b = _cli(home, monkeypatch, capsys, *argv, "--seed", "7")
+    c = _cli(home, monkeypatch, capsys, *argv, "--seed", "8")
+    assert a[0] == 0 and a == b and len(a[1]) > 1
+    assert c[1] != a[1]  # a different seed samples differently (30 tokens from a random model)
 
 
 # --- in-process: the session's rules -------------------------------------------------------------------------
