@@ -71,16 +71,19 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="DIR", default=None, help="store directory (default $POCKETGPT_HOME/models)")
 
 
-def _store(args: argparse.Namespace):
+def _store(args: argparse.Namespace, progress: bool = False):
+    import sys
+
     from pocketgpt.serve.store import Store
 
-    return Store(args.store)
+    show = progress and not getattr(args, "json", False)
+    return Store(args.store, progress=(lambda step: print(step, file=sys.stderr, flush=True)) if show else None)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
     from pocketgpt.serve.modelfile import Modelfile
 
-    store = _store(args)
+    store = _store(args, progress=True)
     if args.from_:
         mf = Modelfile(from_=args.from_, base_dir=Path.cwd())
     else:

@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,10 @@ class ModelNotFound(PocketError):
 class Store:
     """Manifests + blobs under one root directory (default `$POCKETGPT_HOME/models`)."""
 
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        """`progress`, if given, hears each step of a create ("copying model.safetensors (543 MB)")."""
+        self.progress = progress or (lambda step: None)
         if root is None:
             from pocketgpt.home import home_dir
 
@@ -284,6 +287,7 @@ class Store:
         if clash:
             raise ModelNameError(f"{name} clashes with {clash[0].relative_to(self.manifests).as_posix()} already in the "
                                  "store (a name cannot also be a namespace); choose another name")
+        self.progress(f"writing manifest {name}")
         atomic_write(path, json.dumps(doc, indent=1, ensure_ascii=False))
         return self.get(name)
 
@@ -318,6 +322,7 @@ class Store:
         for fname in MODEL_FILES:
             if (d / fname).is_file():
                 kind = "adapter" if fname == ADAPTER_FILE else "file"
+                self.progress(f"copying {fname} ({_human_bytes((d / fname).stat().st_size)})")
                 layers.append(self._layer(kind, self.add_blob(d / fname), name=fname))
         return layers
 
@@ -327,6 +332,7 @@ class Store:
         tmp_root = self.root / "tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=tmp_root) as tmp:
+            self.progress(f"importing {path.name} (dequantising to fp32)")
             import_gguf(path, Path(tmp) / "model")
             return self._pack_dir(Path(tmp) / "model")
 
@@ -516,3 +522,8 @@ def _parameter_count(store: Store, layers: list[dict[str, Any]]) -> int:
     return total
 
 
+def _human_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
