@@ -39,14 +39,19 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     meta = write_shards(args.sources or ["default"], tok, args.out, val_fraction=args.val_fraction, dtype=args.dtype,
                         shard_tokens=args.shard_tokens, processes=args.processes, progress=not args.json)
     seconds = time.perf_counter() - t0
-    total = sum(s["n_tokens"] for s in meta["splits"].values())
-    n_bytes = sum((Path(args.out) / f["file"]).stat().st_size for s in meta["splits"].values() for f in s["shards"])
-    meta_out = {**meta, "seconds": round(seconds, 2), "tokens_per_s": round(total / max(seconds, 1e-9))}
+    splits = meta["splits"].values()
+    total, text_bytes = sum(s["n_tokens"] for s in splits), sum(s["text_bytes"] for s in splits)
+    disk = sum((Path(args.out) / f["file"]).stat().st_size for s in splits for f in s["shards"])
+    meta_out = {**meta, "out": str(args.out), "seconds": round(seconds, 2),
+                "tokens_per_s": round(total / max(seconds, 1e-9)),
+                "bytes_per_token": round(text_bytes / max(total, 1), 3), "disk_bytes": disk}
 
     def human() -> None:
         for split, s in meta["splits"].items():
-            print(f"{split:>5}: {s['n_tokens']:>12,} tokens  {s['n_docs']:>8,} documents  {len(s['shards'])} shard(s)")
-        print(f"{meta['dtype']}, vocab {meta['vocab_size']}, {n_bytes / 1e6:.1f} MB on disk, "
-              f"{total / max(seconds, 1e-9):,.0f} tokens/s -> {args.out}")
+            files = ", ".join(f["file"] for f in s["shards"][:3]) + (", ..." if len(s["shards"]) > 3 else "")
+            print(f"{split:>5}: {s['n_tokens']:>12,} tokens  {s['n_docs']:>8,} documents  "
+                  f"{s['text_bytes'] / max(s['n_tokens'], 1):.2f} bytes/token  {files}")
+        print(f"{meta['dtype']}, vocab {meta['vocab_size']:,}, {disk / 1e6:.1f} MB of shards, "
+              f"{meta_out['tokens_per_s']:,} tokens/s ({seconds:.1f} s) -> {args.out}")
     emit(args, meta_out, human)
     return 0

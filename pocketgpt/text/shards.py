@@ -3,7 +3,7 @@
     sources (text files, `pocketgpt clean` dirs, corpus names)
       -> documents (paragraphs separated by blank lines)  -> train or val, by a hash of the text
       -> token ids, each document followed by <|endoftext|>  -> train_0000.bin, ..., val_0000.bin
-      -> meta.json (dtype, vocab size, token counts, sha256 of every shard) + the tokenizer's files
+      -> meta.json (dtype, vocab size, token and text-byte counts, sha256 of every shard) + the tokenizer
 
 The split depends only on each document's text, so re-running gives the same split, and adding
 documents never moves an old one. Documents stream through a pool of processes in chunks, order
@@ -71,33 +71,34 @@ def write_shards(sources: list[str | os.PathLike], tokenizer, out_dir: str | os.
     return meta
 
 
-def _split_into(writers: dict, docs: Iterable[tuple[str, np.ndarray]], eot: int, val_fraction: float,
+def _split_into(writers: dict, docs: Iterable[tuple[str, np.ndarray, int]], eot: int, val_fraction: float,
                 sources: list) -> None:
     """Route each document to train or val by its hash. A split always has both halves: the first
     document waits for a second (alone, it is cut: val gets the tail of its tokens), and the latest
     train document is held back so it can become val when no document hashed into val."""
     first, held, n_docs, any_val = None, None, 0, False
-    for doc, ids in docs:
+    for doc in docs:
         n_docs += 1
         if n_docs == 1:
-            first = (doc, ids)
+            first = doc
             continue
-        for d, d_ids in ([first, (doc, ids)] if n_docs == 2 else [(doc, ids)]):
-            if _is_val(d, val_fraction):
-                writers["val"].add(d_ids, eot)
+        for d in [first, doc] if n_docs == 2 else [doc]:
+            if _is_val(d[0], val_fraction):
+                writers["val"].add(d, eot)
                 any_val = True
             else:
                 if held is not None:
                     writers["train"].add(held, eot)
-                held = d_ids
+                held = d
     if n_docs == 0:
         raise DataError(f"no text in {', '.join(map(str, sources))}: the corpus is empty; give files with text")
     if n_docs == 1:
-        ids = first[1]
+        text, ids, n_bytes = first
         cut = len(ids) - max(1, int(len(ids) * val_fraction)) if val_fraction > 0 and len(ids) > 1 else len(ids)
-        writers["train"].add(ids[:cut], eot if cut == len(ids) else None)
+        head_bytes = round(n_bytes * cut / len(ids))  # bytes shared in proportion to tokens (a guess at the cut)
+        writers["train"].add((text, ids[:cut], head_bytes), eot if cut == len(ids) else None)
         if cut < len(ids):
-            writers["val"].add(ids[cut:], eot)
+            writers["val"].add((text, ids[cut:], n_bytes - head_bytes), eot)
     elif held is not None:
         writers["val" if val_fraction > 0 and not any_val else "train"].add(held, eot)
 
@@ -151,8 +152,8 @@ def _documents(files: list[Path]) -> Iterator[str]:
 
 
 def _encode_all(docs: Iterator[str], files: list[Path], stage: Path, processes: int | None,
-                progress: bool) -> Iterator[tuple[str, np.ndarray]]:
-    """(document, token ids) in order, encoded by a pool of processes that each load the tokenizer
+                progress: bool) -> Iterator[tuple[str, np.ndarray, int]]:
+    """(document, token ids, UTF-8 bytes) in order, encoded by a pool of processes that each load the tokenizer
     once; at most CHUNKS_IN_FLIGHT chunks per process are read ahead."""
     from tqdm import tqdm
 
@@ -174,8 +175,9 @@ def _encode_all(docs: Iterator[str], files: list[Path], stage: Path, processes: 
         while group := list(islice(chunks, CHUNKS_IN_FLIGHT * n)):
             encoded = pool.map(_encode_chunk, group) if pool is not None else map(_encode_chunk, group)
             for chunk, ids in zip(group, encoded, strict=True):
-                bar.update(sum(len(d.encode("utf-8")) + 2 for d in chunk))  # + the blank line after each
-                yield from zip(chunk, ids, strict=True)
+                n_bytes = [len(d.encode("utf-8")) for d in chunk]
+                bar.update(sum(n_bytes) + 2 * len(chunk))  # + the blank line after each
+                yield from zip(chunk, ids, n_bytes, strict=True)
         bar.update(max(0, total - bar.n))
     finally:
         bar.close()
@@ -208,12 +210,16 @@ class _ShardWriter:
         self.buffered = 0
         self.files: list[dict] = []
         self.n_docs = 0
+        self.text_bytes = 0
 
-    def add(self, ids: np.ndarray, eot: int | None) -> None:
-        """Append a document's ids and the end-of-text token (None: a document cut in two)."""
+    def add(self, doc: tuple[str, np.ndarray, int], eot: int | None) -> None:
+        """Append a (text, ids, UTF-8 bytes) document's ids and the end-of-text token (None: the
+        head of a document cut in two)."""
+        _, ids, n_bytes = doc
         self.buf += [ids] if eot is None else [ids, np.array([eot], dtype=np.int64)]
         self.buffered += len(ids) + (eot is not None)
         self.n_docs += 1
+        self.text_bytes += n_bytes
         if self.buffered >= self.limit:
             flat = np.concatenate(self.buf)
             cut = len(flat) - len(flat) % self.limit
@@ -232,7 +238,8 @@ class _ShardWriter:
     def close(self) -> dict:
         if self.buffered or not self.files:
             self._flush(np.concatenate(self.buf) if self.buf else np.zeros(0, np.int64))
-        return {"n_tokens": sum(f["n_tokens"] for f in self.files), "n_docs": self.n_docs, "shards": self.files}
+        return {"n_tokens": sum(f["n_tokens"] for f in self.files), "n_docs": self.n_docs,
+                "text_bytes": self.text_bytes, "shards": self.files}
 
 
 def _publish(stage: Path, out: Path) -> None:
@@ -288,6 +295,7 @@ class TokenStream:
                 self.parts.append(np.memmap(path, dtype=self.dtype, mode="r"))
         self.starts = np.cumsum([0] + [len(p) for p in self.parts])
         self.n_tokens = int(self.starts[-1])
+        self.text_bytes = int(meta["splits"][split].get("text_bytes", 0))  # for bits per byte
 
     def __len__(self) -> int:
         return self.n_tokens

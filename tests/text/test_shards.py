@@ -114,13 +114,24 @@ def test_bad_inputs_are_named(tok, tmp_path):
 
 def test_tokenize_cli(cli, tok, corpus, tmp_path):
     tok.save(tmp_path / "tok")
-    out = cli("tokenize", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "s"), "--json", str(corpus))
+    out = cli("tokenize", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "s"), "--json",
+              "--val-fraction", "0.2", "--processes", "2", str(corpus))
     meta = json.loads(out.stdout)
-    assert meta["splits"]["train"]["n_tokens"] > 0 and meta["tokens_per_s"] > 0
-    assert (tmp_path / "s" / "meta.json").is_file()
+    assert meta == {**json.loads((tmp_path / "s" / "meta.json").read_text(encoding="utf-8")), **{
+        k: meta[k] for k in ("out", "seconds", "tokens_per_s", "bytes_per_token", "disk_bytes")}}
+    assert meta["splits"]["train"]["n_tokens"] > 0 and meta["splits"]["val"]["n_docs"] > 0
+    n_bytes = sum(len(d.encode("utf-8")) for d in DOCS)
+    assert sum(s["text_bytes"] for s in meta["splits"].values()) == n_bytes
+    assert meta["bytes_per_token"] == round(n_bytes / sum(s["n_tokens"] for s in meta["splits"].values()), 3)
+    human = cli("tokenize", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "s"), str(corpus)).stdout
+    assert "train:" in human and "val:" in human and "bytes/token" in human and "tokens/s" in human
     bad = cli("tokenize", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "x"), str(tmp_path / "nope.txt"),
               check=False)
-    assert bad.returncode == 2 and "no such file" in bad.stderr
+    assert bad.returncode == 2 and "nope.txt: no such file" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    bad = cli("tokenize", "--tokenizer", "gpt2", "--out", str(tmp_path / "s"), str(tmp_path / "empty.txt"), check=False)
+    assert bad.returncode == 2 and "the corpus is empty" in bad.stderr
+    verify_shards(tmp_path / "s")  # the failed run left the earlier shards alone
 
 
 def test_a_failed_run_leaves_the_previous_shards_intact(tok, corpus, tmp_path):
