@@ -74,12 +74,16 @@ def generate_answers(model, tokenizer, template: ChatTemplate, examples: Sequenc
         max_tokens=max_tokens, temperature=0.0, stop_ids=tuple(template.stop_ids(tokenizer)),
         stop=tuple(s for s in template.stop if s not in tokenizer.special_tokens),  # text stops ("\nUser:")
     )
-    engine = Engine(model, tokenizer, max_batch=max_batch)
     prompts = [prompt_ids(tokenizer, template, ex, system) for ex in examples]
-    fits = [i for i, p in enumerate(prompts) if len(p) < engine.scheduler.max_len]  # a too-long prompt gets ""
+    context = model.config.block_size
+    fits = [i for i, p in enumerate(prompts) if len(p) < context]  # a too-long prompt gets ""
     answers = [""] * len(prompts)
-    for i, c in zip(fits, engine.generate([prompts[i] for i in fits], params), strict=True):
-        answers[i] = c.text.strip()
+    if fits:
+        # KV slots only as long as this run needs: SmolLM2's 8,192-token context x 16 slots would be 6 GB
+        longest = max(len(prompts[i]) for i in fits) + max_tokens + 1
+        engine = Engine(model, tokenizer, max_batch=max_batch, max_len=min(context, longest))
+        for i, c in zip(fits, engine.generate([prompts[i] for i in fits], params), strict=True):
+            answers[i] = c.text.strip()
     return answers, len(prompts) - len(fits)
 
 
