@@ -121,7 +121,9 @@ class ChatSession:
                 self.options[key.lower()] = v
             self.say(f"Set parameter '{key.lower()}' to '{raw.strip()}'")
         elif what == "system":
-            self.system = value.strip().strip('"') if not value.strip().startswith('"""') else value.strip()[3:-3]
+            text = value.strip()
+            self.system = text[3:-3].strip("\n") if text.startswith('"""') and text.endswith('"""') and len(text) >= 6 \
+                else text.strip('"')
             self.say("Set system message.")
         elif what == "verbose":
             self.verbose = True
@@ -192,19 +194,20 @@ def run_chat(loaded: LoadedModel, prompt: str | None = None, *, stdin: IO[str] |
 
 
 def _messages(stdin: IO[str], stdout: IO[str]) -> Iterator[str]:
-    """Messages typed by the user: one line, or lines between \"\"\" and \"\"\"."""
+    """What the user typed: one line, or, from an opening triple quote to the closing one, several
+    lines. A message in triple quotes loses them; a command keeps them (`/set system \"\"\"...`)."""
     lines = _lines(stdin, stdout)
     for line in lines:
-        if not line.lstrip().startswith('"""'):
-            yield line.strip()
-            continue
-        body = line.lstrip()[3:]
-        parts = []
-        while '"""' not in body:
-            parts.append(body)
-            body = next(lines, '"""')
-        parts.append(body.split('"""')[0])
-        yield "\n".join(parts).strip("\n")
+        text = line.strip()
+        while text.count('"""') % 2 == 1:  # an open block: read on to its end (or the input's)
+            more = next(lines, None)
+            if more is None:
+                text += '"""'
+                break
+            text += "\n" + more
+        if text.startswith('"""') and text.endswith('"""') and len(text) >= 6:
+            text = text[3:-3].strip("\n")
+        yield text
 
 
 def _lines(stdin: IO[str], stdout: IO[str]) -> Iterator[str]:

@@ -93,7 +93,8 @@ def test_repl_over_stdin(home):
         "/clear",
         '"""first line',
         'second line"""',
-        "/set system 你只说中文。",
+        '/set system """你只说中文。',
+        'Two lines."""',
         "/show system",
         "/bye",
         "this line is never answered",
@@ -114,7 +115,7 @@ def test_repl_over_stdin(home):
     assert "Cleared session context" in out
     # after /clear the multi-line message is the whole conversation
     assert greedy_reference(home, [{"role": "user", "content": "first line\nsecond line"}]) + "\n" in out
-    assert "你只说中文。" in out
+    assert "你只说中文。\nTwo lines.\n" in out
     assert out.count("\n") < 80  # nothing after /bye was answered
 
 
@@ -181,8 +182,9 @@ def test_long_conversations_drop_the_oldest_turns(loaded):
 
 
 def test_multi_line_messages():
-    got = list(_messages(io.StringIO('one\n"""a\n\nb"""\n  """inline"""  \n"""\nx\n"""\nlast\n'), io.StringIO()))
-    assert got == ["one", "a\n\nb", "inline", "x", "last"]
+    got = list(_messages(io.StringIO('one\n"""a\n\nb"""\n  """inline"""  \n"""\nx\n"""\n'
+                                     '/set system """You are\nterse."""\nlast\n"""never closed\n'), io.StringIO()))
+    assert got == ["one", "a\n\nb", "inline", "x", '/set system """You are\nterse."""', "last", "never closed"]
 
 
 @pytest.mark.slow
