@@ -9,7 +9,8 @@ Ollama's option names map onto our SamplingParams (`infer/sampling.py`):
     temperature -> temperature        top_k -> top_k (0 = off)     top_p, min_p -> top_p, min_p
     num_predict -> max_tokens (-1 = until the context is full)     repeat_penalty -> repetition_penalty
     stop -> stop (added to the template's own stop)                seed, presence/frequency_penalty as is
-    num_ctx -> the engine's context length (a load-time setting, not per request)
+    num_ctx -> the engine's context length (a load-time setting, not per request; default 2048 as
+               in Ollama, so an 8192-position model does not reserve a KV cache it rarely uses)
 
 Options a request gives override the model's PARAMETERs, which override Ollama's defaults.
 Used by `pocketgpt run` (serve/chat_cli.py) and the server's runner; knows nothing of HTTP.
@@ -25,6 +26,7 @@ from pocketgpt.errors import PocketError
 from pocketgpt.serve.modelfile import check_parameters
 from pocketgpt.serve.store import Manifest, Store
 
+DEFAULT_CTX = 2048
 DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1, "num_predict": -1}
 
 
@@ -40,9 +42,8 @@ class LoadedModel:
 
     @property
     def context(self) -> int:
-        """Positions the model can attend over (num_ctx when set, never past block_size)."""
-        block = int(self.model.config.block_size)
-        return min(block, int(self.options.get("num_ctx", block)))
+        """Positions a conversation may fill: num_ctx (default 2048), never past block_size."""
+        return min(int(self.model.config.block_size), int(self.options.get("num_ctx", DEFAULT_CTX)))
 
     def messages(self, chat: Sequence[Mapping[str, str]], system: str | None = None) -> list[dict[str, str]]:
         """The conversation the model sees: SYSTEM (or `system`) first unless the chat has one,

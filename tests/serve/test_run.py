@@ -297,3 +297,11 @@ def test_a_go_template_model_answers_like_the_builtin_template(home, tmp_path):
     out = io.StringIO()
     run_chat(loaded, "你好，今天天气怎么样？", stdout=out)
     assert out.getvalue() == greedy_reference(home, [{"role": "user", "content": "你好，今天天气怎么样？"}]) + "\n"
+
+
+def test_num_ctx_sets_the_context(home, tmp_path):
+    store = Store(tmp_path / "models")
+    store.create("small-ctx", Modelfile.parse(f"FROM {home / 'src'}\nPARAMETER num_ctx 64\n"))
+    assert load_store_model(store, "small-ctx").context == 64
+    store.create("big-ctx", Modelfile.parse(f"FROM {home / 'src'}\nPARAMETER num_ctx 100000\n"))
+    assert load_store_model(store, "big-ctx").context == 128  # the model's block size
