@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pocketgpt import tasks
 from pocketgpt.tasks.task import LANGS, Example
 from pocketgpt.text.chat import ChatTemplate, get_template, template_for
 from pocketgpt.text.instructions import user_text
+
+if TYPE_CHECKING:
+    import torch
+
+    from pocketgpt.text.bpe import Tokenizer
 
 
 @dataclass
@@ -33,13 +38,14 @@ class TaskScore:
     by_lang: dict[str, float] = field(default_factory=dict)
 
 
-def evaluate_tasks(model, tokenizer, *, task_names: str | Sequence[str] | None = None, n: int = 50,
-                   seed: int = 0, langs: Sequence[str] = LANGS, split: str = "test", max_tokens: int = 64,
-                   template: ChatTemplate | str | None = None, max_batch: int = 16,
-                   keep_samples: int = 3, system: str | None = None) -> dict[str, Any]:
+def evaluate_tasks(model: torch.nn.Module, tokenizer: Tokenizer, *,
+                   task_names: str | Sequence[str] | None = None, n: int = 50, seed: int = 0,
+                   langs: Sequence[str] = LANGS, split: str = "test", max_tokens: int = 64,
+                   template: ChatTemplate | str | None = None, system: str | None = None,
+                   max_batch: int = 16, keep_samples: int = 3) -> dict[str, Any]:
     """Generate greedy answers for `n` examples of each task and score them (with `system`, every
     prompt starts with that system message).
-    Returns {"template", "split", "seed", "n", "too_long", "tasks": [TaskScore...], "overall", "samples"};
+    Returns {"template", "system", "split", "seed", "n", "too_long", "tasks": [TaskScore...], "overall", "samples"};
     "too_long" counts prompts longer than the model's context (scored 0, not an error)."""
     names = tasks.task_names(task_names)
     template = template_for(tokenizer) if template is None else (
@@ -56,15 +62,16 @@ def evaluate_tasks(model, tokenizer, *, task_names: str | Sequence[str] | None =
             "samples": samples}
 
 
-def prompt_ids(tokenizer, template: ChatTemplate, ex: Example, system: str | None = None) -> list[int]:
+def prompt_ids(tokenizer: Tokenizer, template: ChatTemplate, ex: Example, system: str | None = None) -> list[int]:
     """The tokens a model is asked with: [system turn,] one user turn, then the assistant header."""
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": user_text(ex)})
     return template.encode(tokenizer, messages, add_generation_prompt=True)
 
 
-def generate_answers(model, tokenizer, template: ChatTemplate, examples: Sequence[Example], *,
-                     max_tokens: int = 64, max_batch: int = 16, system: str | None = None) -> tuple[list[str], int]:
+def generate_answers(model: torch.nn.Module, tokenizer: Tokenizer, template: ChatTemplate,
+                     examples: Sequence[Example], *, max_tokens: int = 64, max_batch: int = 16,
+                     system: str | None = None) -> tuple[list[str], int]:
     """Greedy answers through the one Engine, batched, ending at the template's turn end; and how
     many prompts did not fit the model's context (their answer is "", scored 0)."""
     from pocketgpt.infer.engine import Engine

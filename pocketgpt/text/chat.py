@@ -21,9 +21,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from pocketgpt.errors import DataError
 from pocketgpt.text import specials
+
+if TYPE_CHECKING:
+    from pocketgpt.text.bpe import Tokenizer
 
 ROLES = ("system", "user", "assistant", "tool")
 # specials.py reserves no tool marker yet; a tokenizer without it gets the characters (see _encode_marker)
@@ -50,11 +54,12 @@ class ChatTemplate:
 
     # --- tokens ----------------------------------------------------------------------------------
 
-    def encode(self, tokenizer, messages: Sequence[Mapping], add_generation_prompt: bool = True) -> list[int]:
+    def encode(self, tokenizer: Tokenizer, messages: Sequence[Mapping],
+               add_generation_prompt: bool = True) -> list[int]:
         """Token ids of `render(messages, add_generation_prompt)`, segment by segment (see module doc)."""
         return self.encode_with_mask(tokenizer, messages, add_generation_prompt)[0]
 
-    def encode_with_mask(self, tokenizer, messages: Sequence[Mapping],
+    def encode_with_mask(self, tokenizer: Tokenizer, messages: Sequence[Mapping],
                          add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
         """(ids, mask): mask is 1 on each assistant turn's content tokens and on the close marker
         that ends it (so the model learns to stop), 0 on everything else (SFT trains on the 1s)."""
@@ -66,7 +71,7 @@ class ChatTemplate:
             mask += [int(train)] * len(piece)
         return ids, mask
 
-    def stop_ids(self, tokenizer) -> list[int]:
+    def stop_ids(self, tokenizer: Tokenizer) -> list[int]:
         """Ids that end an assistant turn in this tokenizer: each stop string that is one special
         token, plus <|endoftext|> when the tokenizer has it (a base model's natural stop)."""
         out = [tokenizer.special_tokens[s] for s in self.stop if s in tokenizer.special_tokens]
@@ -110,7 +115,7 @@ def check_messages(messages: Sequence[Mapping]) -> list[tuple[str, str]]:
     return out
 
 
-def _encode_marker(tokenizer, text: str) -> list[int]:
+def _encode_marker(tokenizer: Tokenizer, text: str) -> list[int]:
     """A marker is encoded with its special tokens as tokens; a marker the tokenizer lacks as a
     special (e.g. <|tool|> in a tokenizer trained before it was reserved) becomes its characters."""
     return tokenizer.encode(text, allowed_special="all")
@@ -151,7 +156,7 @@ def get_template(name: str) -> ChatTemplate:
     return TEMPLATES[name]
 
 
-def template_for(tokenizer) -> ChatTemplate:
+def template_for(tokenizer: Tokenizer) -> ChatTemplate:
     """The template a tokenizer was made for: pocketgpt if it has <|user|>, chatml if <|im_start|>, else plain."""
     have = tokenizer.special_tokens
     if specials.USER in have:
