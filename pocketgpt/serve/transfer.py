@@ -1,0 +1,378 @@
+"""pull/push between pocketgpt servers: every server is also a registry for its store.
+
+Registry routes (served by every `pocketgpt serve`):
+
+    GET  /api/manifests/{name}      the manifest document (as Store.put_manifest accepts it)
+    PUT  /api/manifests/{name}      install a pushed manifest (all its blobs must be there)
+    HEAD /api/blobs/{digest}        200 if present, 404 if not
+    GET  /api/blobs/{digest}        the bytes; honours `Range: bytes=N-` (206) so a pull resumes
+    POST /api/blobs/{digest}        upload a blob (push); verified against its sha256 before it lands
+
+Client side: `pull(store, "http://host:port/name:tag")` downloads each missing blob into
+`store.partial_blob(digest)`, resuming from the bytes already there, verifies its sha256 when
+moving it in, and installs the manifest last (so an interrupted pull never leaves a half model).
+A local directory or .gguf file is imported instead. `push(store, name, "http://host:port/name")`
+uploads the blobs the other side lacks, then the manifest. Progress goes to `report(dict)` in
+Ollama's shape {"status", "digest", "total", "completed"}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from pocketgpt.errors import FetchError, PocketError
+from pocketgpt.serve.http import ApiError
+from pocketgpt.serve.store import BlobError, Store, check_digest, full_name
+
+router = APIRouter(prefix="/api", tags=["registry"])
+CHUNK = 1 << 16
+Report = Callable[[dict[str, Any]], None]
+
+
+# --- server side ------------------------------------------------------------------------------------
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+@router.get("/manifests/{name:path}")
+def get_manifest(name: str, request: Request) -> Any:
+    """The stored manifest document of `name`."""
+    return _store(request).get(name).to_json()
+
+
+@router.put("/manifests/{name:path}")
+async def put_manifest(name: str, request: Request) -> Any:
+    """Install a pushed manifest once its blobs are present (push sends blobs first)."""
+    try:
+        doc = json.loads(await request.body())
+    except ValueError:
+        raise ApiError(400, "the manifest is not valid JSON") from None
+    store = _store(request)
+    missing = (
+        [
+            x.get("digest")
+            for x in doc.get("layers", [])
+            if isinstance(x, dict)
+            and isinstance(x.get("digest"), str)
+            and not store.has_blob(check_digest(x["digest"]))
+        ]
+        if isinstance(doc, dict)
+        else []
+    )
+    if missing:
+        raise ApiError(
+            400, f"manifest names blobs this server lacks: {', '.join(missing[:3])}; POST them first"
+        )
+    store.put_manifest(name, doc)
+    return {"status": "success"}
+
+
+@router.head("/blobs/{digest}")
+def head_blob(digest: str, request: Request) -> Response:
+    """200 if the blob is here, else 404."""
+    store = _store(request)
+    if not store.has_blob(_digest(digest)):
+        return Response(status_code=404)
+    return Response(status_code=200, headers={"content-length": str(store.blob_path(digest).stat().st_size)})
+
+
+@router.get("/blobs/{digest}")
+async def get_blob(digest: str, request: Request) -> Any:
+    """A blob's bytes, from the Range start when one is given (206), at most `blob_rate` bytes/s."""
+    store = _store(request)
+    path = store.blob_path(_digest(digest))
+    if not path.is_file():
+        raise ApiError(404, f"blob {digest} not found")
+    size = path.stat().st_size
+    start = _range_start(request.headers.get("range"), size)
+    rate = getattr(request.app.state, "blob_rate", None)
+
+    async def body() -> AsyncIterator[bytes]:
+        with open(path, "rb") as f:
+            f.seek(start)
+            while block := f.read(CHUNK):
+                yield block
+                if rate:
+                    await asyncio.sleep(len(block) / rate)
+
+    headers = {"content-length": str(size - start), "accept-ranges": "bytes"}
+    if start:
+        headers["content-range"] = f"bytes {start}-{size - 1}/{size}"
+    return StreamingResponse(
+        body(), status_code=206 if start else 200, headers=headers, media_type="application/octet-stream"
+    )
+
+
+@router.post("/blobs/{digest}")
+async def post_blob(digest: str, request: Request) -> Any:
+    """Receive a blob (push): stream to a partial file, verify its sha256, move it in."""
+    store = _store(request)
+    digest = _digest(digest)
+    if store.has_blob(digest):
+        return JSONResponse({}, status_code=200)
+    part = store.partial_blob(digest)
+    tmp = part.with_name(part.name + f".{os.getpid()}.{threading.get_ident()}.upload")
+    with open(tmp, "wb") as f:
+        async for block in request.stream():
+            f.write(block)
+    os.replace(tmp, part)
+    try:
+        store.add_blob(part, digest)
+    except BlobError as e:
+        raise ApiError(400, str(e)) from None
+    return JSONResponse({}, status_code=201)
+
+
+def _digest(digest: str) -> str:
+    try:
+        return check_digest(digest.replace("sha256-", "sha256:", 1))
+    except PocketError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def _range_start(header: str | None, size: int) -> int:
+    """`bytes=N-` (or `bytes=N-M`, served to the end) -> N; anything else -> 0 (whole blob)."""
+    if not header or not header.startswith("bytes="):
+        return 0
+    first = header[6:].split(",")[0].split("-")[0].strip()
+    if not first.isdigit():
+        return 0
+    start = int(first)
+    if start >= size:
+        raise ApiError(416, f"range start {start} is past the blob's {size} bytes")
+    return start
+
+
+# --- client side ------------------------------------------------------------------------------------
+
+
+def split_remote(ref: str) -> tuple[str, str]:
+    """ "http://host:port/name:tag" -> ("name:tag", "http://host:port/name:tag") for push."""
+    base, name = _split(ref)
+    return name, ref
+
+
+def _split(ref: str) -> tuple[str, str]:
+    if not ref.startswith(("http://", "https://")):
+        raise PocketError(f"{ref!r} is not a server address; write http://HOST:PORT/NAME[:TAG]")
+    scheme, _, rest = ref.partition("://")
+    host, _, name = rest.partition("/")
+    if not host or not name:
+        raise PocketError(f"{ref!r} needs a model name after the server: http://HOST:PORT/NAME[:TAG]")
+    return f"{scheme}://{host}", full_name(name)
+
+
+def pull(
+    store: Store,
+    ref: str,
+    report: Report = lambda p: None,
+    *,
+    name: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 30.0,
+) -> str:
+    """Pull `ref` (http://host:port/name:tag, or a local model directory / .gguf) into `store`;
+    returns the model's local name. Resumes interrupted blob downloads; verifies every blob."""
+    if not ref.startswith(("http://", "https://")):
+        if Path(ref).expanduser().exists():
+            report({"status": f"importing {ref}"})
+            m = store.import_path(ref, name)
+            report({"status": "success"})
+            return m.name
+        raise PocketError(
+            f"cannot pull {ref!r}: give http://HOST:PORT/NAME[:TAG] (another pocketgpt server) "
+            "or a local model directory or .gguf file"
+        )
+    base, remote = _split(ref)
+    local = full_name(name or remote)
+    report({"status": "pulling manifest"})
+    doc = json.loads(_get(f"{base}/api/manifests/{remote}", api_key, timeout).read())
+    for layer in doc.get("layers", []):
+        digest = check_digest(layer["digest"])
+        if store.has_blob(digest):
+            report(
+                {
+                    "status": f"pulling {digest[7:19]}",
+                    "digest": digest,
+                    "total": layer.get("size", 0),
+                    "completed": layer.get("size", 0),
+                }
+            )
+            continue
+        _download(store, base, digest, int(layer.get("size", 0)), report, api_key, timeout)
+    report({"status": "verifying sha256 digest"})
+    report({"status": "writing manifest"})
+    store.put_manifest(local, doc)
+    report({"status": "success"})
+    return local
+
+
+def _download(
+    store: Store, base: str, digest: str, total: int, report: Report, api_key: str | None, timeout: float
+) -> None:
+    part = store.partial_blob(digest)
+    have = part.stat().st_size if part.exists() else 0
+    if total and have > total:
+        part.unlink()
+        have = 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    status = f"pulling {digest[7:19]}"
+    if not (total and have == total):
+        resp = _get(f"{base}/api/blobs/{digest}", api_key, timeout, headers)
+        if resp.status == 200:  # the server ignored the range: start over
+            have = 0
+        with resp, open(part, "ab" if have else "wb") as f:
+            last = 0.0
+            while block := resp.read(CHUNK):
+                f.write(block)
+                have += len(block)
+                if time.monotonic() - last > 0.1:
+                    f.flush()
+                    report({"status": status, "digest": digest, "total": total, "completed": have})
+                    last = time.monotonic()
+            f.flush()
+            os.fsync(f.fileno())
+    report({"status": status, "digest": digest, "total": total, "completed": have})
+    store.add_blob(part, digest)  # verifies the sha256; a corrupt download is deleted, pull again
+
+
+def push(
+    store: Store,
+    name: str,
+    ref: str,
+    report: Report = lambda p: None,
+    *,
+    api_key: str | None = None,
+    timeout: float = 30.0,
+) -> str:
+    """Upload `name` to the server in `ref` (http://host:port/name:tag): missing blobs, then the manifest."""
+    base, remote = _split(ref)
+    m = store.get(name)
+    for layer in m.layers:
+        digest, size = layer["digest"], int(layer.get("size", 0))
+        status = f"pushing {digest[7:19]}"
+        if _exists(f"{base}/api/blobs/{digest}", api_key, timeout):
+            report({"status": status, "digest": digest, "total": size, "completed": size})
+            continue
+        store.verify_blob(digest)
+        report({"status": status, "digest": digest, "total": size, "completed": 0})
+        with open(store.blob_path(digest), "rb") as f:
+            _send(
+                "POST",
+                f"{base}/api/blobs/{digest}",
+                f,
+                api_key,
+                timeout,
+                {"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            )
+        report({"status": status, "digest": digest, "total": size, "completed": size})
+    report({"status": "pushing manifest"})
+    _send(
+        "PUT",
+        f"{base}/api/manifests/{remote}",
+        json.dumps(m.to_json()).encode(),
+        api_key,
+        timeout,
+        {"Content-Type": "application/json"},
+    )
+    report({"status": "success"})
+    return remote
+
+
+def _headers(api_key: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    h = dict(extra or {})
+    key = api_key or os.environ.get("POCKETGPT_API_KEY")
+    if key:
+        h["Authorization"] = f"Bearer {key}"
+    return h
+
+
+def _get(url: str, api_key: str | None, timeout: float, headers: dict[str, str] | None = None) -> Any:
+    return _open(urllib.request.Request(url, headers=_headers(api_key, headers)), timeout)
+
+
+def _exists(url: str, api_key: str | None, timeout: float) -> bool:
+    try:
+        _open(urllib.request.Request(url, method="HEAD", headers=_headers(api_key)), timeout).close()
+        return True
+    except FetchError as e:
+        if getattr(e, "status", None) == 404:
+            return False
+        raise
+
+
+def _send(
+    method: str, url: str, data: Any, api_key: str | None, timeout: float, headers: dict[str, str]
+) -> None:
+    _open(
+        urllib.request.Request(url, data=data, method=method, headers=_headers(api_key, headers)), timeout
+    ).close()
+
+
+def _open(req: urllib.request.Request, timeout: float) -> Any:
+    try:
+        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (http(s) only, checked by _split)
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read()).get("error", "")
+        except (ValueError, AttributeError):
+            detail = ""
+        if isinstance(detail, dict):
+            detail = detail.get("message", "")
+        err = FetchError(f"{req.get_method()} {req.full_url}: HTTP {e.code} {detail or e.reason}")
+        err.status = e.code  # type: ignore[attr-defined]
+        raise err from None
+    except (urllib.error.URLError, OSError) as e:
+        raise FetchError(
+            f"{req.get_method()} {req.full_url}: {getattr(e, 'reason', e)}; is the server running? "
+            "an interrupted pull resumes where it stopped when you run it again"
+        ) from None
+
+
+async def progress_response(work: Callable[[Report], Any], stream: bool) -> Any:
+    """Run `work(report)` in a thread; stream its progress as NDJSON (an error becomes a last
+    {"error": ...} line, as Ollama does), or wait and answer {"status": "success"}."""
+    if not stream:
+        await asyncio.to_thread(work, lambda p: None)
+        return {"status": "success"}
+    q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def run() -> None:
+        try:
+            work(q.put)
+        except PocketError as e:
+            q.put({"error": str(e)})
+        except Exception as e:  # noqa: BLE001 (reported to the client, who started it)
+            q.put({"error": f"{type(e).__name__}: {e}"})
+        finally:
+            q.put(None)
+
+    threading.Thread(target=run, name="pocketgpt-transfer", daemon=True).start()
+
+    async def lines() -> AsyncIterator[bytes]:
+        while True:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.02)
+                continue
+            if item is None:
+                return
+            yield (json.dumps(item) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
