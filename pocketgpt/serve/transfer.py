@@ -19,6 +19,8 @@ Ollama's shape {"status", "digest", "total", "completed"}.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import http.client
 import json
 import os
 import queue
@@ -162,12 +164,14 @@ def _range_start(header: str | None, size: int) -> int:
 
 
 def split_remote(ref: str) -> tuple[str, str]:
-    """ "http://host:port/name:tag" -> ("name:tag", "http://host:port/name:tag") for push."""
-    base, name = _split(ref)
+    """For `/api/push` with only `model`: "http://host:port/name:tag" -> ("name:tag", the same URL),
+    i.e. push the local model of that name to that server under the same name."""
+    _, name = _split(ref)
     return name, ref
 
 
 def _split(ref: str) -> tuple[str, str]:
+    """ "http://host:port/ns/name:tag" -> ("http://host:port", "ns/name:tag")."""
     if not ref.startswith(("http://", "https://")):
         raise PocketError(f"{ref!r} is not a server address; write http://HOST:PORT/NAME[:TAG]")
     scheme, _, rest = ref.partition("://")
@@ -201,54 +205,115 @@ def pull(
     base, remote = _split(ref)
     local = full_name(name or remote)
     report({"status": "pulling manifest"})
-    doc = json.loads(_get(f"{base}/api/manifests/{remote}", api_key, timeout).read())
-    for layer in doc.get("layers", []):
-        digest = check_digest(layer["digest"])
-        if store.has_blob(digest):
-            report(
-                {
-                    "status": f"pulling {digest[7:19]}",
-                    "digest": digest,
-                    "total": layer.get("size", 0),
-                    "completed": layer.get("size", 0),
-                }
-            )
+    with _get(f"{base}/api/manifests/{remote}", api_key, timeout) as resp:
+        doc = _manifest_doc(resp, f"{base}/api/manifests/{remote}")
+    for digest, size in _layers(doc, remote):
+        if store.has_blob(digest):  # shared with a model we have: nothing to fetch
+            report({"status": f"pulling {digest[7:19]}", "digest": digest, "total": size, "completed": size})
             continue
-        _download(store, base, digest, int(layer.get("size", 0)), report, api_key, timeout)
-    report({"status": "verifying sha256 digest"})
+        _download(store, base, digest, size, report, api_key, timeout)
+    report({"status": "verifying sha256 digest"})  # each blob was verified as it moved in (add_blob)
     report({"status": "writing manifest"})
-    store.put_manifest(local, doc)
+    store.put_manifest(local, doc)  # last: only now does `local` exist
     report({"status": "success"})
     return local
+
+
+def _manifest_doc(resp: Any, url: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(_read(resp, 8 << 20, url))
+    except ValueError:
+        raise FetchError(
+            f"GET {url}: the answer is not a JSON manifest; is this a pocketgpt server?"
+        ) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("layers"), list):
+        raise FetchError(
+            f"GET {url}: the answer is not a manifest (no 'layers' list); is this a pocketgpt server?"
+        )
+    return doc
+
+
+def _layers(doc: dict[str, Any], name: str) -> list[tuple[str, int]]:
+    """(digest, size) of every layer, checked before a byte is downloaded."""
+    out = []
+    for layer in doc["layers"]:
+        size = layer.get("size") if isinstance(layer, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BlobError(f"manifest of {name}: layer {layer!r} has no valid size")
+        out.append((check_digest(layer.get("digest")), size))
+    return out
 
 
 def _download(
     store: Store, base: str, digest: str, total: int, report: Report, api_key: str | None, timeout: float
 ) -> None:
+    """Fetch one blob into its partial file, from where an earlier attempt stopped, then verify it
+    into the store. A lock on the partial file keeps two pulls of the same blob from interleaving."""
     part = store.partial_blob(digest)
-    have = part.stat().st_size if part.exists() else 0
-    if total and have > total:
-        part.unlink()
-        have = 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
     status = f"pulling {digest[7:19]}"
-    if not (total and have == total):
-        resp = _get(f"{base}/api/blobs/{digest}", api_key, timeout, headers)
-        if resp.status == 200:  # the server ignored the range: start over
+    with open(part, "ab") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        if store.has_blob(digest):  # another pull finished it while we waited
+            if part.exists() and part.stat().st_size == 0:
+                part.unlink(missing_ok=True)
+            return
+        have = f.seek(0, os.SEEK_END)
+        if have > total:  # not a prefix of this blob: start over
+            f.truncate(0)
             have = 0
-        with resp, open(part, "ab" if have else "wb") as f:
-            last = 0.0
+        report({"status": status, "digest": digest, "total": total, "completed": have})
+        if have < total:
+            have = _fetch_into(
+                f,
+                f"{base}/api/blobs/{digest}",
+                have,
+                total,
+                api_key,
+                timeout,
+                lambda n: report({"status": status, "digest": digest, "total": total, "completed": n}),
+            )
+        report({"status": status, "digest": digest, "total": total, "completed": have})
+        store.add_blob(part, digest)  # verifies the sha256; a corrupt download is deleted, pull again
+
+
+def _fetch_into(
+    f: Any,
+    url: str,
+    have: int,
+    total: int,
+    api_key: str | None,
+    timeout: float,
+    progress: Callable[[int], None],
+) -> int:
+    """Append the blob's bytes from offset `have` to `f` (Range request); returns the bytes now held."""
+    resp = _get(url, api_key, timeout, {"Range": f"bytes={have}-"} if have else None)
+    with resp:
+        if resp.status == 200 and have:  # the server ignored the range: start over
+            f.truncate(0)
+            have = 0
+        last = 0.0
+        try:
             while block := resp.read(CHUNK):
                 f.write(block)
                 have += len(block)
                 if time.monotonic() - last > 0.1:
                     f.flush()
-                    report({"status": status, "digest": digest, "total": total, "completed": have})
+                    progress(have)
                     last = time.monotonic()
+        except (OSError, http.client.HTTPException) as e:
+            f.flush()
+            raise FetchError(
+                f"GET {url}: the connection broke after {have} of {total} bytes ({type(e).__name__}); "
+                "run the pull again: it resumes from there"
+            ) from None
+        finally:
             f.flush()
             os.fsync(f.fileno())
-    report({"status": status, "digest": digest, "total": total, "completed": have})
-    store.add_blob(part, digest)  # verifies the sha256; a corrupt download is deleted, pull again
+    if have != total:
+        raise FetchError(
+            f"GET {url}: the server sent {have} of {total} bytes; run the pull again: it resumes"
+        )
+    return have
 
 
 def push(
@@ -260,22 +325,29 @@ def push(
     api_key: str | None = None,
     timeout: float = 30.0,
 ) -> str:
-    """Upload `name` to the server in `ref` (http://host:port/name:tag): missing blobs, then the manifest."""
+    """Upload `name` to the server in `ref` (http://host:port/name:tag): the blobs it lacks (each
+    verified here first, and again there), then the manifest. Returns the remote name."""
     base, remote = _split(ref)
     m = store.get(name)
     for layer in m.layers:
-        digest, size = layer["digest"], int(layer.get("size", 0))
+        digest, size = layer["digest"], int(layer["size"])
         status = f"pushing {digest[7:19]}"
         if _exists(f"{base}/api/blobs/{digest}", api_key, timeout):
             report({"status": status, "digest": digest, "total": size, "completed": size})
             continue
-        store.verify_blob(digest)
+        store.verify_blob(digest)  # never spread a corrupt blob
         report({"status": status, "digest": digest, "total": size, "completed": 0})
         with open(store.blob_path(digest), "rb") as f:
+            body = _Reading(
+                f,
+                lambda n, d=digest, s=size, st=status: report(
+                    {"status": st, "digest": d, "total": s, "completed": n}
+                ),
+            )
             _send(
                 "POST",
                 f"{base}/api/blobs/{digest}",
-                f,
+                body,
                 api_key,
                 timeout,
                 {"Content-Length": str(size), "Content-Type": "application/octet-stream"},
@@ -294,6 +366,21 @@ def push(
     return remote
 
 
+class _Reading:
+    """A file for urllib to upload that tells `progress` how many bytes have gone (at most every 0.1 s)."""
+
+    def __init__(self, f: Any, progress: Callable[[int], None]) -> None:
+        self.f, self.progress, self.sent, self.last = f, progress, 0, 0.0
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.f.read(n)
+        self.sent += len(block)
+        if time.monotonic() - self.last > 0.1:
+            self.progress(self.sent)
+            self.last = time.monotonic()
+        return block
+
+
 def _headers(api_key: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     h = dict(extra or {})
     key = api_key or os.environ.get("POCKETGPT_API_KEY")
@@ -304,6 +391,19 @@ def _headers(api_key: str | None, extra: dict[str, str] | None = None) -> dict[s
 
 def _get(url: str, api_key: str | None, timeout: float, headers: dict[str, str] | None = None) -> Any:
     return _open(urllib.request.Request(url, headers=_headers(api_key, headers)), timeout)
+
+
+def _read(resp: Any, limit: int, url: str) -> bytes:
+    """A whole (small) answer, at most `limit` bytes."""
+    try:
+        data = resp.read(limit + 1)
+    except (OSError, http.client.HTTPException) as e:
+        raise FetchError(
+            f"GET {url}: the connection broke ({type(e).__name__}); is the server running?"
+        ) from None
+    if len(data) > limit:
+        raise FetchError(f"GET {url}: the answer is over {limit} bytes; is this a pocketgpt server?")
+    return data
 
 
 def _exists(url: str, api_key: str | None, timeout: float) -> bool:
