@@ -1,7 +1,8 @@
 """The model store's verbs, named like Ollama's: create, list, show, rm, cp, run, doctor.
 
 Thin: parse, call `pocketgpt.serve.store.Store` / `serve.chat_cli`, print. The store lives under
-$POCKETGPT_HOME/models (or --store DIR). pull/push/serve/ps/stop live in commands/serve.py.
+$POCKETGPT_HOME/models (or --store DIR). pull/push live in commands/transfer.py, serve/ps/stop in
+commands/serve.py.
 """
 
 from __future__ import annotations
