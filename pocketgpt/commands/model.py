@@ -103,8 +103,10 @@ def _print_info(name: str, info: dict) -> None:
 
 def _load_with_tokenizer(model_dir: str):
     from pocketgpt.model.checkpoint import load_model
+    from pocketgpt.model.peft import has_adapter, load_model_with_adapter
 
-    model, tok = load_model(model_dir)
+    # an adapter directory (adapter.json) runs with its adapter, as the store's ADAPTER does
+    model, tok = load_model_with_adapter(model_dir) if has_adapter(model_dir) else load_model(model_dir)
     if tok is None:
         raise TokenizerError(f"{model_dir}: no tokenizer files in the model directory; "
                              "save the model with its tokenizer (save_model(model, dir, tokenizer))")
