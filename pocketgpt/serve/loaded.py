@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pocketgpt.errors import PocketError
@@ -90,21 +91,27 @@ def load_store_model(store: Store, name: str, *, device: str = "cpu", dtype: Any
 
     manifest = store.get(name)
     model_dir = store.materialize(name)
-    model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
+    if manifest.adapter is not None:
+        model, tokenizer = _load_with_adapter(model_dir, manifest.name, device, dtype)
+    else:
+        model, tokenizer = load_model(model_dir, device=device, dtype=dtype)
     if tokenizer is None:
         raise PocketError(f"model {manifest.name} has no tokenizer files; recreate it from a directory "
                           "that has pocketgpt-tokenizer.json (Tokenizer.save) next to config.json")
-    if manifest.adapter is not None:
-        _apply_adapter(model, model_dir / "adapter.safetensors", manifest.name)
     return LoadedModel(manifest, model, tokenizer, chat_template(manifest.template, tokenizer), dict(manifest.params))
 
 
-def _apply_adapter(model: Any, path: Any, name: str) -> None:
-    """Attach the LoRA adapter with the fine-tuning room's loader (model/peft.py)."""
+def _load_with_adapter(model_dir: Path, name: str, device: str, dtype: Any) -> tuple[Any, Any]:
+    """The base weights with the ADAPTER attached by the fine-tuning room's loader (model/peft.py),
+    in its inference form (a LoRA update merged into the weights, so the engine runs plain Linears).
+    An adapter trained on another base is refused there: its config hash must match."""
+    from pocketgpt.errors import ConfigMismatch
+    from pocketgpt.model.peft import ADAPTER_CONFIG, load_model_with_adapter
+
+    if not (model_dir / ADAPTER_CONFIG).is_file():
+        raise PocketError(f"model {name} has an ADAPTER layer but no {ADAPTER_CONFIG} (how to attach it); "
+                          "recreate it with ADAPTER pointing at the directory `pocketgpt sft --peft lora` wrote")
     try:
-        from pocketgpt.model.peft import load_adapter  # type: ignore[import-not-found]
-    except ImportError:
-        raise PocketError(f"model {name} has an ADAPTER, but this pocketgpt has no LoRA loader "
-                          "(pocketgpt.model.peft.load_adapter); merge the adapter into the weights and "
-                          "create the model from the merged directory") from None
-    load_adapter(model, path)
+        return load_model_with_adapter(model_dir, device=device, dtype=dtype, merge=True)
+    except ConfigMismatch as e:
+        raise ConfigMismatch(f"model {name}: its ADAPTER does not fit its weights: {e}") from None

@@ -34,6 +34,7 @@ MODEL_FILES = ("config.json", "model.safetensors", "pocketgpt-tokenizer.json", "
                "tokenizer.tiktoken", "tokenizer.json", "chat_template.jinja", "quant.json",
                "adapter.safetensors", "adapter.json", "adapter_config.json")
 ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter.json"  # how to attach it (model/peft.py); a file layer next to the adapter layer
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}(/[a-z0-9][a-z0-9._-]{0,79}){0,2}$")
 TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")

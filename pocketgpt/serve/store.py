@@ -35,6 +35,7 @@ from typing import Any
 from pocketgpt.atomic import atomic_write, sha256_file
 from pocketgpt.errors import PocketError
 from pocketgpt.serve.manifest import (  # noqa: F401  (re-exported: the store's public names)
+    ADAPTER_CONFIG,
     ADAPTER_FILE,
     KIND,
     MANIFEST_TYPE,
@@ -237,9 +238,9 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         with self._lock():
             layers, inherited = self._base_layers(modelfile)
-            if modelfile.adapter:
-                layers = [x for x in layers if KIND.get(x["mediaType"]) != "adapter"]
-                layers.append(self._adapter_layer(modelfile.resolve(modelfile.adapter)))
+            if modelfile.adapter:  # replaces any adapter the base carries
+                layers = [x for x in layers if KIND.get(x["mediaType"]) != "adapter" and x.get("name") != ADAPTER_CONFIG]
+                layers += self._adapter_layers(modelfile.resolve(modelfile.adapter), layers)
             layers += self._meta_layers(modelfile, inherited)
             doc = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "layers": layers,
                    "annotations": {"parameter_count": _parameter_count(self, layers)}}
@@ -336,12 +337,33 @@ class Store:
             import_gguf(path, Path(tmp) / "model")
             return self._pack_dir(Path(tmp) / "model")
 
-    def _adapter_layer(self, path: Path) -> dict[str, Any]:
+    def _adapter_layers(self, path: Path, base: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """ADAPTER: adapter.safetensors (an `adapter` layer) + adapter.json (a file layer: method, rank,
+        targets and the hash of the base config it was trained on, model/peft.py), refused now when
+        that base is not the FROM model."""
+        from pocketgpt.config import ModelConfig
+        from pocketgpt.model.peft import config_hash
+
         f = path / ADAPTER_FILE if path.is_dir() else path
+        meta_file = f.with_name(ADAPTER_CONFIG)
         if not f.is_file() or f.suffix != ".safetensors":
             raise ModelfileError(f"ADAPTER {path}: expected {ADAPTER_FILE} or a directory holding it "
-                                 "(save one with the LoRA trainer's --out DIR)")
-        return self._layer("adapter", self.add_blob(f), name=ADAPTER_FILE)
+                                 "(save one with `pocketgpt sft --peft lora --out DIR`)")
+        if not meta_file.is_file():
+            raise ModelfileError(f"ADAPTER {path}: no {ADAPTER_CONFIG} next to {ADAPTER_FILE} (it says how to attach "
+                                 "the adapter); give the directory `pocketgpt sft --peft lora --out DIR` wrote")
+        try:
+            want = json.loads(meta_file.read_text(encoding="utf-8"))["base_config_hash"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ModelfileError(f"ADAPTER {meta_file}: unreadable ({e!r}); save the adapter again") from None
+        config = next(x for x in base if x.get("name") == "config.json")
+        got = config_hash(ModelConfig.from_json(self.read_blob(config["digest"]).decode("utf-8")))
+        if want != got:
+            raise ModelfileError(f"ADAPTER {path}: trained on a base model with config hash {want}, but FROM is a "
+                                 f"model with config hash {got} (another size or vocabulary); an adapter only works "
+                                 "on the model it was trained on")
+        return [self._layer("adapter", self.add_blob(f), name=ADAPTER_FILE),
+                self._layer("file", self.add_blob(meta_file), name=ADAPTER_CONFIG)]
 
     def _meta_layers(self, mf: Modelfile, base: Manifest | None) -> list[dict[str, Any]]:
         """Small layers for params/system/template/messages/license; a base model's are inherited

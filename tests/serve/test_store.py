@@ -182,16 +182,6 @@ def test_copy_shares_blobs_and_survives_removing_the_source(store, model_dirs):
     assert not (store.manifests / "me").exists()  # empty namespace directories go too
 
 
-def test_adapter_layer_is_stored_and_materialized(store, model_dirs, tmp_path):
-    from safetensors.torch import save_file
-
-    save_file({"lora_A": torch.zeros(2, 64)}, str(tmp_path / "adapter.safetensors"))
-    m = store.create("lora", Modelfile.parse(f"FROM {model_dirs[0]}\nADAPTER {tmp_path}\n"))
-    assert m.adapter == _sha(tmp_path / "adapter.safetensors")
-    d = store.materialize("lora")
-    assert (d / "adapter.safetensors").read_bytes() == (tmp_path / "adapter.safetensors").read_bytes()
-
-
 def test_import_path_names_the_model_after_the_file(store, model_dirs, tmp_path):
     """What `pocketgpt pull ./DIR` or `pull FILE.gguf` does with a local path."""
     link = tmp_path / "My Tiny_Model.v2"
