@@ -1,0 +1,366 @@
+"""Loaded models for the server: one Engine per store model, loaded on first use, unloaded after keep_alive.
+
+    runner = Runner(store)
+    with runner.use("tiny", keep_alive="5m") as slot:   # loads (materialize -> load_model) if needed
+        handle = slot.engine.submit(ids, slot.loaded.sampling(options, len(ids)))
+    runner.loaded()                                    # what /api/ps lists
+    runner.unload("tiny"); runner.close()
+
+keep_alive follows Ollama: a number of seconds or a duration string ("10s", "5m", "1h", "1h30m");
+0 unloads as soon as the request ends, a negative value keeps the model forever; default 5 minutes.
+A model is never unloaded while a request is using it. Every engine runs its own background
+stepping thread (`Engine.start()`), so all requests of a model share its continuous batch.
+Knows nothing of HTTP: api_ollama.py and api_openai.py turn requests into `use` + `submit`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pocketgpt.errors import PocketError
+from pocketgpt.serve.loaded import LoadedModel, load_store_model
+from pocketgpt.serve.store import Store, full_name
+
+DEFAULT_KEEP_ALIVE = 300.0
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_keep_alive(value: Any, default: float = DEFAULT_KEEP_ALIVE) -> float:
+    """Ollama's keep_alive -> seconds (inf = forever). None -> `default`."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise PocketError('keep_alive must be a duration like "5m" or a number of seconds, not a boolean')
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = re.findall(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise PocketError(
+                    f'keep_alive {value!r} is not a duration; use e.g. "30s", "5m", "1h", '
+                    "0 (unload now) or -1 (keep loaded)"
+                ) from None
+            seconds = sum(float(n) * _UNIT[u] for n, u in parts)
+    else:
+        raise PocketError("keep_alive must be a duration string or a number of seconds")
+    return float("inf") if seconds < 0 else seconds
+
+
+@dataclass
+class Slot:
+    """One loaded model: its weights/tokenizer/template, its running Engine, and its lease."""
+
+    name: str
+    loaded: LoadedModel
+    engine: Any  # pocketgpt.infer.engine.Engine, started
+    load_seconds: float
+    keep_alive: float = DEFAULT_KEEP_ALIVE
+    expires: float = float("inf")  # time.monotonic() deadline once idle
+    users: int = 0
+    size: int = 0
+    first_use: bool = field(default=True)
+
+    def expires_at(self) -> str:
+        """The unload time as ISO 8601 (far future when kept forever or in use)."""
+        if self.users or self.expires == float("inf"):
+            return "9999-12-31T23:59:59Z"
+        wall = time.time() + (self.expires - time.monotonic())
+        return datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")
+
+
+class Runner:
+    """The server's loaded models, keyed by full name ("tiny:latest")."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        device: str = "cpu",
+        max_batch: int = 16,
+        default_keep_alive: float = DEFAULT_KEEP_ALIVE,
+    ) -> None:
+        self.store, self.device, self.max_batch = store, device, max_batch
+        self.default_keep_alive = default_keep_alive
+        self._slots: dict[str, Slot] = {}
+        self._lock = threading.Lock()  # guards _slots
+        self._loading: dict[str, threading.Lock] = {}  # one loader per model; others wait for it
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="pocketgpt-unloader", daemon=True)
+        self._reaper.start()
+
+    @contextlib.contextmanager
+    def use(self, name: str, keep_alive: Any = None) -> Iterator[Slot]:
+        """Hold `name` loaded for the duration of the block; its keep_alive clock starts at the end."""
+        ttl = parse_keep_alive(keep_alive, self.default_keep_alive)
+        slot = self.acquire(name)
+        try:
+            yield slot
+        finally:
+            self.release(slot, ttl)
+
+    def acquire(self, name: str) -> Slot:
+        """Load (once) and mark in use; pair with `release`."""
+        key = full_name(name)
+        with self._lock:
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                slot = self._slots.get(key)
+                if slot is not None:
+                    slot.users += 1
+                    slot.first_use = False
+                    return slot
+            slot = self._load(key)
+            with self._lock:
+                slot.users += 1
+                self._slots[key] = slot
+            return slot
+
+    def release(self, slot: Slot, keep_alive: float) -> None:
+        with self._lock:
+            slot.users -= 1
+            slot.keep_alive = keep_alive
+            slot.expires = time.monotonic() + keep_alive
+            idle_now = slot.users == 0 and keep_alive == 0
+        if idle_now:
+            self.unload(slot.name)
+
+    def load(self, name: str, keep_alive: Any = None) -> Slot:
+        """Load without generating (Ollama: a request with an empty prompt)."""
+        with self.use(name, keep_alive) as slot:
+            return slot
+
+    def _load(self, key: str) -> Slot:
+        from pocketgpt.infer.engine import Engine
+
+        t0 = time.perf_counter()
+        loaded = load_store_model(self.store, key, device=self.device)
+        engine = Engine(
+            loaded.model, loaded.tokenizer, max_batch=self.max_batch, max_len=loaded.context
+        ).start()
+        size = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        return Slot(key, loaded, engine, time.perf_counter() - t0, size=size)
+
+    def unload(self, name: str) -> bool:
+        """Stop and drop `name` if loaded and idle; True if it was unloaded."""
+        key = full_name(name)
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None or slot.users:
+                return False
+            del self._slots[key]
+        slot.engine.stop()
+        return True
+
+    def loaded(self) -> list[Slot]:
+        with self._lock:
+            return list(self._slots.values())
+
+    def _reap(self) -> None:
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            for slot in self.loaded():
+                if not slot.users and slot.expires <= now:
+                    self.unload(slot.name)
+
+    def close(self) -> None:
+        """Stop the unloader and every engine (server shutdown)."""
+        self._stop.set()
+        for slot in self.loaded():
+            with self._lock:
+                self._slots.pop(slot.name, None)
+            slot.engine.stop()
+
+
+async def follow(handle: Any, disconnected: Any, poll: float = 0.002) -> Any:
+    """Async-iterate a RequestHandle's text deltas without a thread per request; cancels the
+    generation when `await disconnected()` turns true or the consumer stops iterating."""
+    import asyncio
+
+    idle = 0
+    try:
+        while True:
+            done = handle.done
+            deltas = handle.ready()
+            for d in deltas:
+                yield d
+            if done:
+                return
+            idle = 0 if deltas else idle + 1
+            if idle and idle % 50 == 0 and await disconnected():
+                handle.cancel()
+                return
+            await asyncio.sleep(poll if idle < 100 else 0.01)
+    finally:
+        if not handle.done:
+            handle.cancel()
+
+
+def embed(slot: Slot, texts: list[str], truncate: bool = True) -> tuple[list[list[float]], int]:
+    """Mean-pooled final hidden states, L2-normalised: one vector per text; also the token count."""
+    import torch
+
+    tok, model = slot.loaded.tokenizer, slot.loaded.model
+    limit = slot.loaded.context
+    out, n_tokens = [], 0
+    with torch.no_grad():
+        for text in texts:
+            ids = tok.encode(text) or [0]
+            if len(ids) > limit:
+                if not truncate:
+                    raise PocketError(
+                        f"input of {len(ids)} tokens exceeds the context ({limit}); "
+                        "shorten it or set truncate: true"
+                    )
+                ids = ids[:limit]
+            n_tokens += len(ids)
+            h = model.hidden(torch.tensor([ids], device=slot.engine.scheduler.device))  # (1, T, C)
+            v = torch.nn.functional.normalize(h[0].float().mean(dim=0), dim=0)  # (C,)
+            out.append(v.tolist())
+    return out, n_tokens
+
+
+# Ollama options we accept and ignore (they tune llama.cpp, which pocketgpt does not use)
+IGNORED_OPTIONS = {
+    "num_keep",
+    "typical_p",
+    "repeat_last_n",
+    "tfs_z",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "penalize_newline",
+    "numa",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "low_vram",
+    "vocab_only",
+    "use_mmap",
+    "use_mlock",
+    "num_thread",
+}
+
+
+@dataclass
+class Job:
+    """One generation request in flight: its slot lease, engine handle and timings (perf_counter)."""
+
+    runner: Runner
+    slot: Slot
+    handle: Any
+    prompt_tokens: int
+    keep_alive: float
+    t_start: float
+    t_loaded: float
+    t_first: float | None = None
+    t_end: float | None = None
+    _released: bool = False
+
+    def finish(self) -> None:
+        """End the lease (idempotent); cancels the generation if it is still running."""
+        if self.t_end is None:
+            self.t_end = time.perf_counter()
+        if not self.handle.done:
+            self.handle.cancel()
+        if not self._released:
+            self._released = True
+            self.runner.release(self.slot, self.keep_alive)
+
+    async def deltas(self, disconnected: Any) -> Any:
+        """The text deltas as they come; the lease ends when they do (or the client leaves)."""
+        try:
+            async for d in follow(self.handle, disconnected):
+                if self.t_first is None:
+                    self.t_first = time.perf_counter()
+                yield d
+        finally:
+            self.finish()
+
+    @property
+    def eval_count(self) -> int:
+        return len(self.handle.tokens)
+
+    @property
+    def finish_reason(self) -> str:
+        return self.handle.result(timeout=0).finish_reason if self.handle.done else "length"
+
+    def ollama_stats(self) -> dict[str, int]:
+        """Ollama's statistics: counts and durations in nanoseconds."""
+        end = self.t_end or time.perf_counter()
+        first = self.t_first or end
+        ns = lambda s: max(int(s * 1e9), 0)  # noqa: E731
+        return {
+            "total_duration": ns(end - self.t_start),
+            "load_duration": ns(self.t_loaded - self.t_start),
+            "prompt_eval_count": self.prompt_tokens,
+            "prompt_eval_duration": ns(first - self.t_loaded),
+            "eval_count": self.eval_count,
+            "eval_duration": ns(end - first),
+        }
+
+
+def start_job(
+    runner: Runner,
+    name: str,
+    *,
+    messages: list[dict[str, str]] | None = None,
+    prompt: str | None = None,
+    system: str | None = None,
+    template: str | None = None,
+    options: dict[str, Any] | None = None,
+    keep_alive: Any = None,
+    json_mode: bool = False,
+    logit_bias: dict[int, float] | None = None,
+) -> Job:
+    """Load `name` if needed, build the prompt (chat `messages` through the template, or a raw
+    `prompt`), map the options onto SamplingParams and submit to the model's engine."""
+    t0 = time.perf_counter()
+    ttl = parse_keep_alive(keep_alive, runner.default_keep_alive)
+    options = {k: v for k, v in (options or {}).items() if k not in IGNORED_OPTIONS and v is not None}
+    slot = runner.acquire(name)
+    try:
+        loaded = slot.loaded
+        if template is not None:
+            from dataclasses import replace
+
+            from pocketgpt.serve.template import chat_template
+
+            loaded = replace(loaded, template=chat_template(template, loaded.tokenizer))
+        if messages is not None:
+            ids = loaded.prompt_ids(messages, system)
+        else:
+            ids = loaded.tokenizer.encode(prompt or "") or [_start_id(loaded.tokenizer)]
+        if len(ids) >= loaded.context:
+            raise PocketError(
+                f"the prompt has {len(ids)} tokens but {name}'s context is {loaded.context}; "
+                "shorten the prompt or the conversation"
+            )
+        params = loaded.sampling(options, prompt_len=len(ids))
+        if logit_bias:
+            params.logit_bias = dict(logit_bias)
+        if json_mode:
+            from pocketgpt.infer.constrain import JsonConstraint
+
+            params.constraint = JsonConstraint(loaded.tokenizer)
+        t_loaded = time.perf_counter()
+        handle = slot.engine.submit(ids, params)
+    except BaseException:
+        runner.release(slot, ttl)
+        raise
+    return Job(runner, slot, handle, len(ids), ttl, t0, t_loaded)
+
+
+def _start_id(tokenizer: Any) -> int:
+    return tokenizer.special_tokens.get("<|endoftext|>", 0)

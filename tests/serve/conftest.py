@@ -1,0 +1,73 @@
+"""Live servers for the API tests: uvicorn in a thread on a random 127.0.0.1 port, over a store
+holding the tiny model (tests/serve/tiny_store.py). Session-scoped: one server for all API tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class LiveServer:
+    url: str
+    store: Any
+    server: Any
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def start_server(store: Any, **app_kwargs: Any) -> LiveServer:
+    """Run create_app(store) under uvicorn on a free port; returns once it accepts connections."""
+    import uvicorn
+
+    from pocketgpt.serve.api import create_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(store, **app_kwargs), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    return LiveServer(f"http://127.0.0.1:{port}", store, server, thread)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.serve.tiny_store import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[LiveServer]:
+    """A server whose store has tiny:latest and tiny-chat (SYSTEM + PARAMETER temperature 0)."""
+    from pocketgpt.serve.modelfile import Modelfile
+    from pocketgpt.serve.store import Store
+
+    store = Store(tmp_path_factory.mktemp("live-store"))
+    store.create_from_dir("tiny", tiny_dir)
+    store.create(
+        "tiny-chat",
+        Modelfile.parse(
+            'FROM tiny\nPARAMETER temperature 0\nPARAMETER num_predict 8\nSYSTEM "You are terse."\n'
+        ),
+    )
+    srv = start_server(store)
+    yield srv
+    srv.stop()
