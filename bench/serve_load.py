@@ -113,9 +113,9 @@ class Phase:
     ttft: list[float] = field(default_factory=list)  # seconds, one per request
     ttft_later: list[float] = field(default_factory=list)  # the same, without each client's first request
     itl: list[float] = field(default_factory=list)  # seconds, gaps between successive chunks of a stream
-    tpot: list[float] = field(
-        default_factory=list
-    )  # seconds, per request: (last - first chunk) / (tokens - 1)
+    tpot: list[float] = field(default_factory=list)  # per request: (last - first chunk) / (tokens - 1)
+    submit: list[float] = field(default_factory=list)  # server side: request in -> submitted (load_duration)
+    first: list[float] = field(default_factory=list)  # server side: submitted -> first token (prompt_eval)
 
     @property
     def throughput(self) -> float:
@@ -156,6 +156,8 @@ async def one_request(client, url: str, options: dict, seed: int, phase: Phase, 
                 if msg.get("done"):
                     n = int(msg.get("eval_count", 0))
                     phase.tokens += n
+                    phase.submit.append(msg.get("load_duration", 0) / 1e9)
+                    phase.first.append(msg.get("prompt_eval_duration", 0) / 1e9)
                     if start is not None and n > 1:
                         phase.tpot.append((last - start) / (n - 1))
     except Exception as e:  # noqa: BLE001 (counted: the goal is zero)
@@ -333,6 +335,8 @@ def report(name: str, p: Phase) -> None:
         f"(without each client's first request: p50 {pct(p.ttft_later, 50):.1f} p99 {pct(p.ttft_later, 99):.1f}); "
         f"time per output token p50 {pct(p.tpot, 50):.2f} ms p99 {pct(p.tpot, 99):.2f} ms; "
         f"chunk gaps p50 {pct(p.itl, 50):.2f} ms p99 {pct(p.itl, 99):.1f} ms; errors {p.errors}; "
+        f"server side: request in -> submitted p50 {pct(p.submit, 50):.1f} p99 {pct(p.submit, 99):.1f} ms, "
+        f"submitted -> first token p50 {pct(p.first, 50):.1f} p99 {pct(p.first, 99):.1f} ms; "
         f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
