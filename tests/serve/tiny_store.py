@@ -11,7 +11,7 @@ TEXT = ("It is a truth universally acknowledged, that a single man in possession
         "Elizabeth smiled and said nothing. 你好，世界！The quick brown fox jumps over the lazy dog. ") * 12
 
 
-def make_tiny_model(out: Path, seed: int = 0, vocab_size: int = 400) -> Path:
+def make_tiny_model(out: Path, seed: int = 0, vocab_size: int = 400, block_size: int = 128) -> Path:
     """Write a tiny model directory (config.json, model.safetensors, tokenizer files) to `out`."""
     import torch
 
@@ -21,7 +21,7 @@ def make_tiny_model(out: Path, seed: int = 0, vocab_size: int = 400) -> Path:
     from pocketgpt.text.bpe import Tokenizer
 
     tok = Tokenizer.train(TEXT, vocab_size, special_tokens=specials.RESERVED, progress=False)
-    config = get_preset("tiny").replace(n_layer=2, d_model=64, n_head=2, vocab_size=tok.vocab_size, block_size=128)
+    config = get_preset("tiny").replace(n_layer=2, d_model=64, n_head=2, vocab_size=tok.vocab_size, block_size=block_size)
     torch.manual_seed(seed)
     model = build_model(config).eval()
     return save_model(model, out, tokenizer=tok)
