@@ -109,10 +109,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _samples(model_dir: Path, n_tokens: int) -> dict[str, str]:
-    """A short continuation of each sample prompt (temperature 0.8, seeded), to see what was learned."""
+    """A short continuation of each sample prompt (temperature 0.8, seeded, ending at a document
+    boundary), to see what was learned."""
     from pocketgpt.infer.engine import Engine
     from pocketgpt.infer.sampling import SamplingParams
     from pocketgpt.model.checkpoint import load_model
+    from pocketgpt.text.specials import EOT
     from pocketgpt.train.pretrain import sample_prompts
 
     model, tok = load_model(model_dir)
@@ -121,6 +123,6 @@ def _samples(model_dir: Path, n_tokens: int) -> dict[str, str]:
     block = model.config.block_size
     ids = [tok.encode(p)[-(block // 2):] for p in prompts]  # leave room to continue in a short context
     params = SamplingParams(max_tokens=max(1, min(n_tokens, block - max(map(len, ids)) - 1)), temperature=0.8,
-                            top_k=50, seed=1)
+                            top_k=50, seed=1, stop_ids=tuple(i for i in [tok.special_tokens.get(EOT)] if i is not None))
     done = engine.generate(ids, params)
     return {p: c.text for p, c in zip(prompts, done, strict=True)}
