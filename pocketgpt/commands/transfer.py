@@ -80,26 +80,29 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 class Bars:
-    """A progress report callback: a byte bar per blob digest, other statuses as plain lines."""
+    """A progress report callback: one byte bar per blob, drawn one after another (a bar closes when
+    its blob is complete or the next begins); other statuses as plain lines."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet, self.bars, self.said = quiet, {}, set()
+        self.quiet, self.bar, self.digest, self.said = quiet, None, None, set()
 
     def __call__(self, p: dict[str, Any]) -> None:
         if self.quiet:
             return
         digest = p.get("digest")
         if digest is None:
+            self.close()
             if p["status"] not in self.said and p["status"] != "success":
                 self.said.add(p["status"])
                 print(p["status"], file=sys.stderr, flush=True)
             return
-        bar = self.bars.get(digest)
-        if bar is None:
+        if digest != self.digest:
             from tqdm import tqdm
 
+            self.close()
             start = int(p.get("completed") or 0)  # a resumed download starts where the last one stopped
-            bar = self.bars[digest] = tqdm(
+            self.digest = digest
+            self.bar = tqdm(
                 total=p.get("total") or None,
                 initial=start,
                 desc=p["status"],
@@ -109,11 +112,19 @@ class Bars:
                 file=sys.stderr,
                 dynamic_ncols=True,
             )
-        bar.update(max(int(p.get("completed") or 0) - bar.n, 0))
+        if self.bar is None:  # this blob's bar is already complete
+            return
+        self.bar.update(max(int(p.get("completed") or 0) - self.bar.n, 0))
+        if p.get("total") and self.bar.n >= p["total"]:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
 
     def __enter__(self) -> Bars:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for bar in self.bars.values():
-            bar.close()
+        self.close()
