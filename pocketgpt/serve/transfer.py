@@ -14,6 +14,8 @@ moving it in, and installs the manifest last (so an interrupted pull never leave
 A local directory or .gguf file is imported instead. `push(store, name, "http://host:port/name")`
 uploads the blobs the other side lacks, then the manifest. Progress goes to `report(dict)` in
 Ollama's shape {"status", "digest", "total", "completed"}.
+Knows nothing of how blobs are stored or verified (serve/store.py) or of generation; the CLI verbs
+are in commands/transfer.py, /api/pull and /api/push in api_ollama.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import http.client
 import json
 import os
 import queue
+import tempfile
 import threading
 import time
 import urllib.error
@@ -122,21 +125,23 @@ async def get_blob(digest: str, request: Request) -> Any:
 
 @router.post("/blobs/{digest}")
 async def post_blob(digest: str, request: Request) -> Any:
-    """Receive a blob (push): stream to a partial file, verify its sha256, move it in."""
+    """Receive a blob (push): stream it to a temporary file beside the partial downloads, then hash
+    it (in a thread: a big blob must not stall other requests) and move it in only if it matches."""
     store = _store(request)
     digest = _digest(digest)
     if store.has_blob(digest):
         return JSONResponse({}, status_code=200)
     part = store.partial_blob(digest)
-    tmp = part.with_name(part.name + f".{os.getpid()}.{threading.get_ident()}.upload")
-    with open(tmp, "wb") as f:
-        async for block in request.stream():
-            f.write(block)
-    os.replace(tmp, part)
+    fd, tmp = tempfile.mkstemp(dir=part.parent, prefix=part.name + ".", suffix=".upload")
     try:
-        store.add_blob(part, digest)
+        with os.fdopen(fd, "wb") as f:
+            async for block in request.stream():
+                f.write(block)
+        await asyncio.to_thread(store.add_blob, tmp, digest)  # moves it in, or deletes it and raises
     except BlobError as e:
         raise ApiError(400, str(e)) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return JSONResponse({}, status_code=201)
 
 

@@ -176,6 +176,25 @@ def test_errors_name_the_problem(source: LiveServer, tmp_path: Path, tiny_dir: P
         locked.stop()
 
 
+def test_an_upload_that_does_not_match_its_digest_is_refused(source: LiveServer) -> None:
+    import hashlib
+
+    import httpx
+
+    digest = "sha256:" + hashlib.sha256(b"the real bytes").hexdigest()
+    r = httpx.post(f"{source.url}/api/blobs/{digest}", content=b"other bytes")
+    assert r.status_code == 400 and "sha256" in r.json()["error"]
+    assert not source.store.has_blob(digest)
+    assert not list((source.store.blobs / "partial").glob("*.upload"))  # the upload is not kept either
+    r = httpx.post(f"{source.url}/api/blobs/{digest}", content=b"the real bytes")
+    assert r.status_code == 201 and source.store.read_blob(digest) == b"the real bytes"
+    bad = {
+        "layers": [{"mediaType": "application/vnd.pocketgpt.file", "digest": "sha256:" + "0" * 64, "size": 1}]
+    }
+    r = httpx.put(f"{source.url}/api/manifests/x", json=bad)
+    assert r.status_code == 400 and "POST them first" in r.json()["error"]
+
+
 # --- an interrupted pull: the source is killed mid-transfer, then restarted --------------------------
 
 SERVE = """
