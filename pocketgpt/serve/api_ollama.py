@@ -222,7 +222,7 @@ async def chat(body: ChatRequest, request: Request) -> Any:
         messages=messages,
         options=body.options,
         keep_alive=body.keep_alive,
-        json_mode=_json_mode(body.format) or bool(functions),
+        json_mode=_json_mode(body.format),
     )
     name = job.slot.name
     names = {f["name"] for f in functions}

@@ -162,7 +162,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             {"role": "system", "content": tools_prompt(functions, system)},
             *(m for m in messages if m["role"] != "system"),
         ]
-    json_mode = bool(body.response_format and body.response_format.type != "text") or bool(functions)
+    json_mode = bool(body.response_format and body.response_format.type != "text")
     job = await asyncio.to_thread(
         start_job,
         _runner(request),

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,7 +69,7 @@ class Slot:
     expires: float = float("inf")  # time.monotonic() deadline once idle
     users: int = 0
     size: int = 0
-    first_use: bool = field(default=True)
+    json_vocab: Any = None  # serve/json_mode.JsonVocab, built on the first format=json request
 
     def expires_at(self) -> str:
         """The unload time as ISO 8601 (far future when kept forever or in use)."""
@@ -119,7 +119,6 @@ class Runner:
                 slot = self._slots.get(key)
                 if slot is not None:
                     slot.users += 1
-                    slot.first_use = False
                     return slot
             slot = self._load(key)
             with self._lock:
@@ -350,16 +349,26 @@ def start_job(
         params = loaded.sampling(options, prompt_len=len(ids))
         if logit_bias:
             params.logit_bias = dict(logit_bias)
-        if json_mode:
-            from pocketgpt.infer.constrain import JsonConstraint
-
-            params.constraint = JsonConstraint(loaded.tokenizer)
+        mask = _json_mask(slot, params) if json_mode else None
         t_loaded = time.perf_counter()
         handle = slot.engine.submit(ids, params)
+        if mask is not None:
+            mask.attach(handle)
     except BaseException:
         runner.release(slot, ttl)
         raise
     return Job(runner, slot, handle, len(ids), ttl, t0, t_loaded)
+
+
+def _json_mask(slot: Slot, params: Any) -> Any:
+    """Constrain `params` to one valid JSON object (serve/json_mode.py); <|endoftext|> ends it too."""
+    from pocketgpt.serve.json_mode import JsonBias, JsonVocab
+
+    if slot.json_vocab is None:  # built once per loaded model
+        slot.json_vocab = JsonVocab(slot.loaded.tokenizer, slot.loaded.model.config.vocab_size)
+    params.stop_ids = tuple(dict.fromkeys([*params.stop_ids, _start_id(slot.loaded.tokenizer)]))
+    params.logit_bias = JsonBias(slot.json_vocab, params, base=params.logit_bias)
+    return params.logit_bias
 
 
 def _start_id(tokenizer: Any) -> int:

@@ -37,7 +37,8 @@ def check_tools(tools: Any) -> list[dict[str, Any]]:
 
 
 def tools_prompt(tools: list[dict[str, Any]], system: str | None = None) -> str:
-    """A system prompt that lists the functions and the answer format for calling one."""
+    """A system prompt that lists the functions and the answer format for calling one. Keys are
+    sorted, so the same tools make the same prompt whichever client (and key order) sent them."""
     lines = [system.rstrip(), ""] if system else []
     lines.append("You can call these functions:")
     for fn in tools:
@@ -49,6 +50,7 @@ def tools_prompt(tools: list[dict[str, Any]], system: str | None = None) -> str:
                     "parameters": fn.get("parameters", {}),
                 },
                 ensure_ascii=False,
+                sort_keys=True,
             )
         )
     lines.append('To call a function, answer only with JSON: {"name": "<function name>", "arguments": {...}}')
