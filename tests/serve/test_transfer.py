@@ -94,6 +94,13 @@ def test_official_ollama_client_pull(source: LiveServer, sink: LiveServer) -> No
     assert client.pull(f"{source.url}/tiny", stream=False).status == "success"  # again: nothing to do
     with pytest.raises(ollama.ResponseError, match="not found"):
         list(client.pull(f"{source.url}/nonexistent", stream=True))
+    # and push: the sink sends its tiny:latest to a third server under the same name
+    third = start_server(Store(sink.store.root.parent / "third-store"))
+    try:
+        assert [s.status for s in client.push(f"{third.url}/tiny:latest", stream=True)][-1] == "success"
+        assert third.store.get("tiny").digest == source.store.get("tiny").digest
+    finally:
+        third.stop()
 
 
 def test_blobs_shared_between_models_are_not_downloaded_again(source: LiveServer, tmp_path: Path) -> None:
