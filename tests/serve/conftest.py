@@ -1,5 +1,11 @@
 """Live servers for the API tests: uvicorn in a thread on a random 127.0.0.1 port, over a store
-holding the tiny model (tests/serve/tiny_store.py). Session-scoped: one server for all API tests."""
+holding the tiny model (tests/serve/tiny_store.py). Session-scoped: one server for all API tests,
+plus `guarded` (API key, small body limit, CORS) over the same store. The models:
+
+    tiny        random weights, context 128           tiny-chat   FROM tiny, SYSTEM, temperature 0
+    tiny-long   random weights, context 1024 (long generations to interrupt)
+    tools       taught one tool call (tests/serve/tool_model.py), added by the `tools_model` fixture
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,11 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+    @property
+    def runner(self) -> Any:
+        """The app's Runner (serve/runner.py): its loaded models and their engines."""
+        return self.server.config.app.state.runner
 
 
 def start_server(store: Any, **app_kwargs: Any) -> LiveServer:
@@ -56,9 +67,10 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[LiveServer]:
-    """A server whose store has tiny:latest and tiny-chat (SYSTEM + PARAMETER temperature 0)."""
+    """A server whose store has tiny, tiny-chat (SYSTEM + PARAMETER temperature 0) and tiny-long."""
     from pocketgpt.serve.modelfile import Modelfile
     from pocketgpt.serve.store import Store
+    from tests.serve.tiny_store import make_tiny_model
 
     store = Store(tmp_path_factory.mktemp("live-store"))
     store.create_from_dir("tiny", tiny_dir)
@@ -68,6 +80,29 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Iterator[L
             'FROM tiny\nPARAMETER temperature 0\nPARAMETER num_predict 8\nSYSTEM "You are terse."\n'
         ),
     )
+    store.create_from_dir(
+        "tiny-long", make_tiny_model(tmp_path_factory.mktemp("long") / "long", block_size=1024)
+    )
     srv = start_server(store)
     yield srv
     srv.stop()
+
+
+GUARD_KEY = "sk-pocketgpt-test"
+
+
+@pytest.fixture(scope="session")
+def guarded(live: LiveServer) -> Iterator[LiveServer]:
+    """A second server over the same store with --api-key, a 4 KiB body limit and one CORS origin."""
+    srv = start_server(live.store, api_key=GUARD_KEY, max_body=4096, cors_origins=["http://app.example"])
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def tools_model(live: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Adds `tools` (taught to call get_weather for Paris) to the live store; returns its name."""
+    from tests.serve.tool_model import make_tool_model
+
+    live.store.create_from_dir("tools", make_tool_model(tmp_path_factory.mktemp("tools") / "tools"))
+    return "tools"
