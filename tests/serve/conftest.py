@@ -9,6 +9,7 @@ plus `guarded` (API key, small body limit, CORS) over the same store. The models
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -106,3 +107,35 @@ def tools_model(live: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> s
 
     live.store.create_from_dir("tools", make_tool_model(tmp_path_factory.mktemp("tools") / "tools"))
     return "tools"
+
+
+def reference(
+    live: LiveServer,
+    name: str,
+    *,
+    messages: list | None = None,
+    prompt: str | None = None,
+    options: dict | None = None,
+) -> tuple[str, int, int]:
+    """(text, prompt tokens, generated tokens) from the library directly, no server involved."""
+    from pocketgpt.infer.engine import Engine
+    from pocketgpt.serve.loaded import load_store_model
+
+    loaded = load_store_model(live.store, name)
+    ids = loaded.prompt_ids(messages) if messages is not None else loaded.tokenizer.encode(prompt)
+    engine = Engine(loaded.model, loaded.tokenizer, max_len=loaded.context)
+    done = engine.generate([ids], loaded.sampling(options, len(ids)))[0]
+    return done.text, len(ids), len(done.tokens)
+
+
+@contextlib.contextmanager
+def recording(live: LiveServer, name: str) -> Iterator[list[Any]]:
+    """The RequestHandles the model's engine hands out while the block runs."""
+    slot = next(s for s in live.runner.loaded() if s.name == name)
+    handles: list[Any] = []
+    submit = slot.engine.submit
+    slot.engine.submit = lambda *a, **k: handles.append(submit(*a, **k)) or handles[-1]
+    try:
+        yield handles
+    finally:
+        del slot.engine.submit  # the instance attribute goes; the method shows through again

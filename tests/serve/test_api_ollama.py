@@ -6,42 +6,20 @@ server passes prompts, templates and options through faithfully (Chinese include
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import ollama
 import pytest
 import torch
 
-from tests.serve.conftest import LiveServer
+from tests.serve.conftest import LiveServer, recording, reference
 from tests.serve.tool_model import CALL, QUESTION, TOOLS
 
 pytestmark = pytest.mark.serve
 CHINESE = "你好，世界！今天天气很好，我们去公园散步吧。"
-
-
-def reference(
-    live: LiveServer,
-    name: str,
-    *,
-    messages: list | None = None,
-    prompt: str | None = None,
-    options: dict | None = None,
-) -> tuple[str, int, int]:
-    """(text, prompt tokens, generated tokens) from the library directly, no server involved."""
-    from pocketgpt.infer.engine import Engine
-    from pocketgpt.serve.loaded import load_store_model
-
-    loaded = load_store_model(live.store, name)
-    ids = loaded.prompt_ids(messages) if messages is not None else loaded.tokenizer.encode(prompt)
-    engine = Engine(loaded.model, loaded.tokenizer, max_len=loaded.context)
-    done = engine.generate([ids], loaded.sampling(options, len(ids)))[0]
-    return done.text, len(ids), len(done.tokens)
 
 
 @pytest.fixture(scope="module")
@@ -198,20 +176,6 @@ def test_a_tool_call_comes_back_parsed(client: ollama.Client, tools_model: str) 
         options={"temperature": 0, "num_predict": 6},
     )
     assert not plain.message.tool_calls  # noise is not a call
-
-
-@contextlib.contextmanager
-def recording(live: LiveServer, name: str) -> Iterator[list[Any]]:
-    """The RequestHandles the model's engine hands out while the block runs."""
-    slot = next(s for s in live.runner.loaded() if s.name == name)
-    handles: list[Any] = []
-    submit = slot.engine.submit
-    slot.engine.submit = lambda *a, **k: handles.append(submit(*a, **k)) or handles[-1]
-    try:
-        yield handles
-    finally:
-        del slot.engine.submit
-    assert slot.engine.scheduler  # the slot was live throughout
 
 
 def test_a_client_that_disconnects_cancels_its_generation(client: ollama.Client, live: LiveServer) -> None:
