@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pocketgpt.errors import PocketError
 from pocketgpt.serve.http import error_body, status_of
 from pocketgpt.serve.runner import Runner
-from pocketgpt.serve.store import Store
+from pocketgpt.serve.store import ModelNotFound, Store
 
 MAX_BODY = 8 << 20  # bytes of JSON a request may send (blob uploads are exempt)
 VERSION = "0.6.0"  # the Ollama API version we speak (clients check it loosely)
@@ -67,15 +67,15 @@ def create_app(
     app.include_router(api_openai.router)
     app.include_router(transfer.router)
     _errors(app)
-    if cors_origins:
+    app.add_middleware(BodyLimit, limit=max_body)
+    if api_key:
+        app.add_middleware(BearerAuth, key=api_key)
+    if cors_origins:  # outermost (added last): preflights carry no key, and a 401 still gets CORS headers
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
             CORSMiddleware, allow_origins=cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
-    app.add_middleware(BodyLimit, limit=max_body)
-    if api_key:
-        app.add_middleware(BearerAuth, key=api_key)
 
     @app.get("/", include_in_schema=False)
     def root() -> Any:
@@ -89,7 +89,7 @@ def create_app(
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _reply(request, 400, _describe(exc.errors()))
+        return _reply(request, 400, _describe(exc.errors()), _param(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -97,9 +97,8 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(PocketError)
     async def client_error(request: Request, exc: PocketError) -> JSONResponse:
-        return _reply(
-            request, status_of(exc), str(exc), getattr(exc, "param", None), getattr(exc, "code", None)
-        )
+        code = getattr(exc, "code", None) or ("model_not_found" if isinstance(exc, ModelNotFound) else None)
+        return _reply(request, status_of(exc), str(exc), getattr(exc, "param", None), code)
 
     @app.exception_handler(Exception)  # a bug: still the caller's error shape (Starlette logs the traceback)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -121,6 +120,15 @@ def _describe(errors: Any) -> str:
             return "the request body is not valid JSON; send a JSON object"
         parts.append(f"{loc or 'body'}: {e.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts[:5])
+
+
+def _param(errors: Any) -> str | None:
+    """The first bad field's top-level name (OpenAI's `param`)."""
+    for e in errors:
+        loc = [x for x in e.get("loc", ()) if x != "body"]
+        if loc:
+            return str(loc[0])
+    return None
 
 
 class BodyLimit:

@@ -32,7 +32,8 @@ KeepAlive = str | float | int | None
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: "stream": "yes" is a 400, not True (Ollama's Go decoder refuses it too); unknown fields are ignored
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -43,16 +44,18 @@ class _Body(BaseModel):
 
 
 class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
     function: ToolCallFunction
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[str] | None = None
@@ -89,6 +92,7 @@ class ModelRequest(_Body):
 
 
 class CopyRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
     source: str = Field(min_length=1)
     destination: str = Field(min_length=1)
 

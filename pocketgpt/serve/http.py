@@ -54,8 +54,6 @@ def ollama_error(message: str) -> dict[str, Any]:
 def openai_error(
     message: str, status: int, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    if status == 404 and code is None:
-        code = "model_not_found"
     return {
         "error": {
             "message": message,
