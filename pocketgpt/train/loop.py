@@ -66,6 +66,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     fsdp: bool = False  # shard the model over the torchrun processes instead of replicating it (DDP)
     progress: bool = True
+    threads: int | None = None  # CPU intra-op threads per process (default: torch's, one per core); on a
+    # busy machine 1 thread per process avoids PyTorch's stall when a core is taken (~5x slower steps)
 
     # changing these between a run and its resume would change the math, so --resume refuses it
     EXACT = ("batch_size", "grad_accum", "lr", "min_lr", "warmup_steps", "schedule", "weight_decay",
@@ -76,7 +78,8 @@ class TrainConfig:
                   (self.grad_accum >= 1, "grad_accum must be >= 1"), (self.lr > 0, "lr must be > 0"),
                   (self.schedule in ("cosine", "linear", "constant"), "schedule must be cosine, linear or constant"),
                   (self.dtype in ("auto", "fp32", "bf16", "fp16"), "dtype must be auto, fp32, bf16 or fp16"),
-                  (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0")]
+                  (self.max_minutes is None or self.max_minutes > 0, "max_minutes must be > 0"),
+                  (self.threads is None or self.threads >= 1, "threads must be >= 1")]
         for ok, message in checks:
             if not ok:
                 raise ConfigMismatch(f"training config: {message}")
@@ -129,6 +132,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def train(stage: Stage, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False) -> TrainResult:
     """Train `stage.model` by `cfg` into `out_dir` (see the module docstring); returns the run's summary."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     world = dist.init_world(cfg.device)
     result = _Run(stage, cfg, Path(out_dir), world).fit(resume)  # on an error torchrun stops the other ranks
     dist.close_world(world)
