@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         func=list_cmd,
     )
     _register_instructions(verbs)
+    from pocketgpt.commands.rlhf import register_preferences
+
+    register_preferences(verbs)
 
 
 def fetch_cmd(args: argparse.Namespace) -> int:

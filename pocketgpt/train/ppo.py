@@ -9,7 +9,7 @@ a per-token KL penalty keeps it near the reference (Ziegler et al. 2019; Ouyang 
       A, R    = GAE(r, V); A whitened                                 train/ppo_math.gae / whiten
     then `epochs` passes over the rollout in shuffled minibatches, one optimizer step each,
     through the one training loop: loss = clipped surrogate + vf_coef * clipped value loss
-    - ent_coef * entropy.
+    - ent_coef * entropy [+ ptx_coef * LM loss on pretraining/SFT rows (PPO-ptx, Ouyang et al. 2022, eq. 2)].
 
 The policy is `PolicyWithValue`: the GPT plus a `ValueHead` on the same trunk. The reference is the
 SFT model frozen: a separate copy for a fully trained policy, or, with a LoRA policy, the same
@@ -69,6 +69,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     normalize_reward: bool = True  # whiten the scores of each rollout
+    ptx_coef: float = 0.0  # PPO-ptx: weight of the language-model loss on `ptx_rows` mixed into each step
     seed: int = 0
 
     def steps_per_rollout(self) -> int:
@@ -77,7 +78,7 @@ class PPOConfig:
 
 class PolicyWithValue(nn.Module):
     """The policy GPT and its critic on one trunk: forward(ids, mask) -> logits (B, T, V); with
-    `with_values=True` -> (logits, values (B, T))."""
+    `with_values=True` -> (logits, values (B, T)); with `targets` (B, T) -> the GPT's LM loss (PPO-ptx)."""
 
     def __init__(self, gpt: nn.Module) -> None:
         super().__init__()
@@ -86,8 +87,15 @@ class PolicyWithValue(nn.Module):
         self.config = gpt.config
 
     def forward(
-        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, with_values: bool = False
+        self,
+        ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        with_values: bool = False,
+        targets: torch.Tensor | None = None,
     ):
+        if targets is not None:  # through this forward, so DDP sees the LM loss's gradients too
+            return self.gpt(ids, targets, attention_mask=attention_mask)
         h = self.gpt.hidden(ids, attention_mask=attention_mask)  # (B, T, C)
         logits = self.gpt.lm_head(h)  # (B, T, V)
         return (logits, self.value_head(h).float()) if with_values else logits
@@ -111,12 +119,14 @@ class Rollouts:
         rank: int = 0,
         world: int = 1,
         sample: bool = True,
+        ptx_rows: Sequence[Sequence[int]] | None = None,
     ) -> None:
         from pocketgpt.text.formats import pad_id_of
 
         self.policy, self.reference, self.reward, self.items = policy, reference, reward, list(items)
         self.tok, self.cfg, self.kl, self.template = tokenizer, cfg, kl, template
         self.rank, self.world, self.sample = rank, world, sample
+        self.ptx_rows = list(ptx_rows or [])
         self.pad = pad_id_of(tokenizer)
         self.k, self.i = 0, 0  # rollouts collected, minibatches served from the current one
         self.buffer: dict[str, torch.Tensor] | None = None
@@ -138,12 +148,24 @@ class Rollouts:
         order = torch.randperm(n, generator=g)[j * self.cfg.minibatch : (j + 1) * self.cfg.minibatch]
         self.i += 1
         batch = {key: t[order] for key, t in self.buffer.items()}
-        for (
-            key,
-            v,
-        ) in self.stats.items():  # rollout statistics ride along as 0-d tensors for the loss to report
+        # rollout statistics ride along as 0-d tensors for the loss to report
+        for key, v in self.stats.items():
             batch[f"stat_{key}"] = torch.tensor(v)
+        if self.cfg.ptx_coef > 0 and self.ptx_rows:
+            batch.update(self._ptx_batch(len(order)))
         return batch
+
+    def _ptx_batch(self, n: int) -> dict[str, torch.Tensor]:
+        """`n` language-model rows for PPO-ptx, drawn by (seed, rollout, minibatch): ids and targets (B, T)."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_777 + self.k * 1_009 + self.i)
+        picks = [self.ptx_rows[int(j)] for j in torch.randint(len(self.ptx_rows), (n,), generator=g)]
+        T = max(len(r) for r in picks)
+        ids = torch.full((n, T), self.pad, dtype=torch.long)  # (B, T)
+        targets = torch.full((n, T), -1, dtype=torch.long)  # (B, T): -1 = no loss
+        for b, row in enumerate(picks):
+            ids[b, : len(row)] = torch.tensor(row)
+            targets[b, : len(row) - 1] = torch.tensor(row[1:])
+        return {"ptx_ids": ids, "ptx_targets": targets}
 
     def state_dict(self) -> dict:
         return {"k": self.k, "beta": self.kl.beta}
@@ -282,6 +304,11 @@ def ppo_loss(
     vl = value_loss(values[:, :-1], batch["old_values"], batch["returns"], resp, cfg.value_clip)
     ent = masked_mean(entropy, resp)
     loss = pl + cfg.vf_coef * vl - cfg.ent_coef * ent
+    ptx = {}
+    if "ptx_ids" in batch:
+        lm = model(batch["ptx_ids"], targets=batch["ptx_targets"])
+        loss = loss + cfg.ptx_coef * lm
+        ptx = {"ptx_loss": lm.item()}
     extras = {
         "policy_loss": pl.item(),
         "value_loss": vl.item(),
@@ -289,6 +316,7 @@ def ppo_loss(
         "clipfrac": st["clipfrac"].item(),
         "approx_kl": st["approx_kl"].item(),
     }
+    extras.update(ptx)
     extras.update({k[len("stat_") :]: float(v) for k, v in batch.items() if k.startswith("stat_")})
     return loss, extras
 
@@ -304,6 +332,7 @@ def ppo_stage(
     reference: nn.Module | None = None,
     template=None,
     evaluate=None,
+    ptx_rows: Sequence[Sequence[int]] | None = None,
 ) -> Stage:
     """PPO of `policy` against `reward` on prompt records `items` ({"messages": [...]} + anything the reward
     reads). `reference=None` uses a frozen copy of the policy's GPT as it is now, or, with an adapter
@@ -335,6 +364,7 @@ def ppo_stage(
                 template=template,
                 rank=rank,
                 world=world,
+                ptx_rows=ptx_rows,
             )
         frozen = KLController(kl.beta)  # evaluation must not move the training beta
         return Rollouts(
