@@ -194,7 +194,7 @@ class _Run:
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     window = self._log_train(loss, extra, grad_norm, window, bar)
                 else:
-                    bar.update(self.last_loss if self.last_loss is not None else float("nan"), None, None)
+                    bar.update(self.last_loss, None, None)
                 over_budget = cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes
                 if dist.any_across(flag.requested or over_budget, self.world):
                     stopped = "interrupted" if flag.requested else "budget"

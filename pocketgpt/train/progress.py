@@ -107,10 +107,11 @@ class Progress:
 
             self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
 
-    def update(self, loss: float, tok_per_s: float | None, mfu: float | None) -> None:
+    def update(self, loss: float | None, tok_per_s: float | None, mfu: float | None) -> None:
+        """One step done; `loss` is the last logged one (None before the first log)."""
         if self.bar is None:
             return
-        post = {"loss": f"{loss:.4f}"}
+        post = {"loss": f"{loss:.4f}"} if loss is not None else {}
         if tok_per_s:
             post["tok/s"] = f"{tok_per_s:,.0f}"
         if mfu is not None:
