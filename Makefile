@@ -60,7 +60,7 @@ demo: setup $(VENV)/.smollm2
 	@echo "  pocketgpt --help"
 
 test: setup-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: setup-test
 	$(VENV)/bin/ruff check pocketgpt tests bench
