@@ -100,6 +100,10 @@ def _errors(app: FastAPI) -> None:
         code = getattr(exc, "code", None) or ("model_not_found" if isinstance(exc, ModelNotFound) else None)
         return _reply(request, status_of(exc), str(exc), getattr(exc, "param", None), code)
 
+    @app.exception_handler(RecursionError)  # json.loads of "[[[[...": input nested past Python's stack
+    async def too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        return _reply(request, 400, "the request body nests too deeply; send flatter JSON")
+
     @app.exception_handler(Exception)  # a bug: still the caller's error shape (Starlette logs the traceback)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         return _reply(request, 500, f"internal error: {type(exc).__name__}: {exc}")
