@@ -8,7 +8,8 @@ request takes its own path; `--temperature 0` for greedy).
 
     python bench/serve_load.py [--clients 16] [--requests 20] [--tokens 32] [--rounds 3] [--temperature 0.8]
 
-Phases: a warm-up request (loads the model); `--clients` concurrent clients x `--requests` each
+Phases: the same model on the Engine directly, no HTTP (1 and 8 streams: what the engine allows the
+server), then the server: a warm-up request (loads the model); `--clients` concurrent clients x `--requests` each
 (throughput, TTFT and inter-token latency percentiles, errors); then `--rounds` alternating rounds
 of 1 client and 8 clients (each `--requests` requests per client) for the 8-vs-1 throughput ratio,
 interleaved so a busy spell on the shared CPU hits both. Throughput = tokens generated (the
@@ -182,6 +183,37 @@ async def run_phase(url: str, clients: int, requests: int, options: dict, seed0:
     return phase
 
 
+def engine_alone(store: Path, options: dict, tokens: int) -> dict[int, float]:
+    """The same model and options on the Engine directly (no HTTP): tokens/s with 1 and 8 streams,
+    best of 3, so the server's ratio can be read against what the engine itself allows."""
+    from pocketgpt.infer.engine import Engine
+    from pocketgpt.serve.loaded import load_store_model
+    from pocketgpt.serve.store import Store
+
+    loaded = load_store_model(Store(store), "bench")
+    ids = loaded.tokenizer.encode(PROMPT)
+    out = {}
+    for n in (1, 8):
+        best = 0.0
+        for r in range(3):
+            engine = Engine(loaded.model, loaded.tokenizer, max_batch=16, max_len=len(ids) + tokens + 1)
+            handles = [
+                engine.submit(ids, loaded.sampling({**options, "seed": 7 * r + i}, len(ids)))
+                for i in range(n)
+            ]
+            t0 = time.perf_counter()
+            while engine.step():
+                pass
+            best = max(best, sum(len(h.result().tokens) for h in handles) / (time.perf_counter() - t0))
+        out[n] = best
+    print(
+        f"engine alone (no HTTP): 1 stream {out[1]:.0f} tok/s, 8 streams {out[8]:.0f} tok/s "
+        f"({out[8] / out[1]:.2f}x); load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    return out
+
+
 def pct(xs: list[float], q: float) -> float:
     """The q-th percentile (nearest rank), in milliseconds."""
     if not xs:
@@ -240,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("machine:", json.dumps(machine("fastapi", "uvicorn", "httpx")))
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(build_store(Path(tmp)))
+        store = build_store(Path(tmp))
+        alone = engine_alone(store, options, args.tokens)  # before the server starts: no contention
+        proc, url = start_server(store)
         try:
             asyncio.run(run_phase(url, 1, 2, options, 0))  # load the model, warm the paths
             load = asyncio.run(run_phase(url, args.clients, args.requests, options, 10_000))
@@ -320,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
             pct(single_itl, 99),
             pct(single_itl, 99) / pct(load.itl, 99),
             "lower",
+        ),
+        line(
+            "engine_alone_8_streams_vs_1",
+            alone[8],
+            "engine alone, 1 stream tok/s",
+            alone[1],
+            alone[8] / alone[1],
+            ">= 4.0 (what the engine allows the server)",
         ),
         line("errors", errors, "none", 0, 1.0 if errors == 0 else 0.0, "0"),
     ]
