@@ -9,8 +9,8 @@ request takes its own path; `--temperature 0` for greedy).
     python bench/serve_load.py [--clients 16] [--requests 20] [--tokens 32] [--rounds 3] [--temperature 0.8]
 
 Phases: the same model on the Engine directly, no HTTP (1 and 8 streams: what the engine allows the
-server), then the server: a warm-up request (loads the model); `--clients` concurrent clients x `--requests` each
-(throughput, TTFT and inter-token latency percentiles, errors); then `--rounds` alternating rounds
+server); then the server: a warm-up request (loads the model); `--clients` concurrent clients x
+`--requests` each (throughput, TTFT and inter-token latency percentiles, errors); `--rounds` rounds
 of 1 client and 8 clients (each `--requests` requests per client) for the 8-vs-1 throughput ratio,
 interleaved so a busy spell on the shared CPU hits both. Throughput = tokens generated (the
 server's eval_count) / wall time of the phase. TTFT = request sent -> first text chunk. Inter-token
