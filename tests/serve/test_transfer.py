@@ -202,6 +202,25 @@ def test_an_upload_that_does_not_match_its_digest_is_refused(source: LiveServer)
     assert r.status_code == 400 and "POST them first" in r.json()["error"]
 
 
+def test_pull_of_a_gguf_file_imports_it(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    import torch
+
+    from pocketgpt.model.checkpoint import load_model
+    from pocketgpt.model.gguf_export import export_gguf
+    from pocketgpt.serve.loaded import load_store_model
+
+    gguf = export_gguf(tiny_dir, tmp_path / "Tiny-Model.F32.gguf")
+    store = Store(tmp_path / "store")
+    assert cli(["pull", str(gguf), "--store", str(store.root), "--json"]) == 0
+    assert '"model": "tiny-model.f32:latest"' in capsys.readouterr().out  # named after the file
+    pulled = load_store_model(store, "tiny-model.f32")
+    model, tok = load_model(tiny_dir)
+    ids = torch.tensor([tok.encode("It is a truth 你好")])
+    assert pulled.tokenizer.encode("It is a truth 你好") == ids[0].tolist()
+    with torch.no_grad():
+        assert torch.allclose(pulled.model(ids), model(ids), atol=1e-5)
+
+
 # --- an interrupted pull: the source is killed mid-transfer, then restarted --------------------------
 
 SERVE = """
