@@ -1,5 +1,5 @@
 """PPO through the one loop on a toy reward: the reward rises within a few rollouts while KL to the
-reference starts at exactly 0 and grows; a LoRA policy uses the base (adapter detached) as reference."""
+reference starts at exactly 0 and grows. (A LoRA policy against the detached base: tests/train/test_rlhf_cli.py.)"""
 
 from __future__ import annotations
 
