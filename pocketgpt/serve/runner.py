@@ -102,15 +102,16 @@ class Runner:
     @contextlib.contextmanager
     def use(self, name: str, keep_alive: Any = None) -> Iterator[Slot]:
         """Hold `name` loaded for the duration of the block; its keep_alive clock starts at the end."""
-        ttl = parse_keep_alive(keep_alive, self.default_keep_alive)
-        slot = self.acquire(name)
+        slot = self.acquire(name, parse_keep_alive(keep_alive, self.default_keep_alive))
         try:
             yield slot
         finally:
-            self.release(slot, ttl)
+            self.release(slot)
 
-    def acquire(self, name: str) -> Slot:
-        """Load (once) and mark in use; pair with `release`."""
+    def acquire(self, name: str, keep_alive: float | None = None) -> Slot:
+        """Load (once) and mark in use; pair with `release`. `keep_alive` (seconds) becomes the model's:
+        as in Ollama, the latest request decides how long the model stays once idle (so a keep_alive=0
+        request, e.g. `pocketgpt stop`, unloads it as soon as the requests before it are done)."""
         key = full_name(name)
         with self._lock:
             gate = self._loading.setdefault(key, threading.Lock())
@@ -118,20 +119,24 @@ class Runner:
             with self._lock:
                 slot = self._slots.get(key)
                 if slot is not None:
-                    slot.users += 1
-                    return slot
-            slot = self._load(key)
+                    return self._enter(slot, keep_alive)
+            slot = self._load(key)  # outside the lock: other models keep serving meanwhile
             with self._lock:
-                slot.users += 1
                 self._slots[key] = slot
-            return slot
+                return self._enter(slot, keep_alive)
 
-    def release(self, slot: Slot, keep_alive: float) -> None:
+    def _enter(self, slot: Slot, keep_alive: float | None) -> Slot:
+        slot.users += 1
+        if keep_alive is not None:
+            slot.keep_alive = keep_alive
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """End one use; the keep_alive clock starts when the last user is done."""
         with self._lock:
             slot.users -= 1
-            slot.keep_alive = keep_alive
-            slot.expires = time.monotonic() + keep_alive
-            idle_now = slot.users == 0 and keep_alive == 0
+            slot.expires = time.monotonic() + slot.keep_alive
+            idle_now = slot.users == 0 and slot.keep_alive == 0
         if idle_now:
             self.unload(slot.name)
 
@@ -149,7 +154,9 @@ class Runner:
             loaded.model, loaded.tokenizer, max_batch=self.max_batch, max_len=loaded.context
         ).start()
         size = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-        return Slot(key, loaded, engine, time.perf_counter() - t0, size=size)
+        return Slot(
+            key, loaded, engine, time.perf_counter() - t0, keep_alive=self.default_keep_alive, size=size
+        )
 
     def unload(self, name: str) -> bool:
         """Stop and drop `name` if loaded and idle; True if it was unloaded."""
@@ -260,7 +267,6 @@ class Job:
     slot: Slot
     handle: Any
     prompt_tokens: int
-    keep_alive: float
     t_start: float
     t_loaded: float
     t_first: float | None = None
@@ -275,7 +281,7 @@ class Job:
             self.handle.cancel()
         if not self._released:
             self._released = True
-            self.runner.release(self.slot, self.keep_alive)
+            self.runner.release(self.slot)
 
     async def deltas(self, disconnected: Any) -> Any:
         """The text deltas as they come; the lease ends when they do (or the client leaves)."""
@@ -328,7 +334,7 @@ def start_job(
     t0 = time.perf_counter()
     ttl = parse_keep_alive(keep_alive, runner.default_keep_alive)
     options = {k: v for k, v in (options or {}).items() if k not in IGNORED_OPTIONS and v is not None}
-    slot = runner.acquire(name)
+    slot = runner.acquire(name, ttl)
     try:
         loaded = slot.loaded
         if template is not None:
@@ -355,9 +361,9 @@ def start_job(
         if mask is not None:
             mask.attach(handle)
     except BaseException:
-        runner.release(slot, ttl)
+        runner.release(slot)
         raise
-    return Job(runner, slot, handle, len(ids), ttl, t0, t_loaded)
+    return Job(runner, slot, handle, len(ids), t0, t_loaded)
 
 
 def _json_mask(slot: Slot, params: Any) -> Any:
