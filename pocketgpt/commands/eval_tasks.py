@@ -56,18 +56,15 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
 
 
 def _load(model_dir: str, device: str):
-    """(model, tokenizer) of a model directory; an adapter directory (adapter.json) loads its base
-    model plus the adapter through model/peft.py."""
-    from pocketgpt.model import peft
+    """(model, tokenizer) of a model directory; an adapter directory (adapter.json) comes back with
+    its adapter applied (model/checkpoint.load_model)."""
     from pocketgpt.model.checkpoint import load_config, load_model
+    from pocketgpt.model.peft import has_adapter
 
-    if peft.has_adapter(model_dir):
-        model, tok = peft.load_model_with_adapter(model_dir, device=device)
-    else:
-        if load_config(model_dir).arch != "gpt":
-            raise ConfigMismatch(f"{model_dir}: eval-tasks generates with decoder-only (gpt) models; "
-                                 f"this one is {load_config(model_dir).arch}")
-        model, tok = load_model(model_dir, device=device)
+    if not has_adapter(model_dir) and load_config(model_dir).arch != "gpt":
+        raise ConfigMismatch(f"{model_dir}: eval-tasks generates with decoder-only (gpt) models; "
+                             f"this one is {load_config(model_dir).arch}")
+    model, tok = load_model(model_dir, device=device)
     if tok is None:
         raise TokenizerError(f"{model_dir}: no tokenizer files in the model directory; eval-tasks needs text. "
                              "Save the model with its tokenizer (save_model(model, dir, tokenizer))")

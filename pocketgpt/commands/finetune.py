@@ -98,6 +98,12 @@ def _base(args: argparse.Namespace):
     from pocketgpt.model import peft
     from pocketgpt.model.checkpoint import load_model
 
+    if peft.has_adapter(args.model):  # LoRA is merged on load and training goes on from there
+        meta = peft.read_adapter_config(args.model)
+        if meta.get("method") != "lora":
+            base = meta.get("base") or "the one it was trained on"
+            raise DataError(f"{args.model}: holds a {meta.get('method')} adapter, which cannot be merged into the "
+                            f"weights to train on; fine-tune its base model ({base}) instead")
     model, tok = load_model(args.model)
     if tok is None:
         raise DataError(f"{args.model}: no tokenizer files; fine-tuning needs the tokenizer the model was trained with")

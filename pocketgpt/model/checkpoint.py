@@ -4,6 +4,7 @@
       config.json            ModelConfig.to_json(): what to build (versioned, human-readable)
       model.safetensors      the weights, by the contract's state-dict names (never pickle)
       pocketgpt-tokenizer.json, vocab.json, merges.txt, tokenizer.tiktoken   (optional: Tokenizer.save)
+      adapter.safetensors, adapter.json                   (optional: a LoRA / prefix / prompt adapter, model/peft.py)
 
 Loading builds the model from config.json, then loads the weights *strictly*: a missing, extra or
 wrongly shaped tensor is a `ConfigMismatch` naming the tensor and both shapes, and a truncated or
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("pocketgpt-tokenizer.json", "vocab.json", "tokenizer.tiktoken")
+ADAPTER_CONFIG = "adapter.json"  # model/peft.py: an adapter's settings, next to adapter.safetensors
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -79,10 +81,18 @@ def load_config(model_dir: str | os.PathLike) -> ModelConfig:
 
 
 def load_model(model_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> tuple[nn.Module, Tokenizer | None]:
+               dtype: torch.dtype | None = None, adapter: bool = True) -> tuple[nn.Module, Tokenizer | None]:
     """Build the model from config.json, load model.safetensors strictly, and load the tokenizer when
-    tokenizer files are present. Returns (model in eval mode, tokenizer or None)."""
+    tokenizer files are present. Returns (model in eval mode, tokenizer or None).
+    A directory with an adapter (adapter.json, written by `pocketgpt sft --peft ...`) comes back
+    with the adapter applied in its inference form (model/peft.load_model_with_adapter: LoRA merged,
+    its base found through adapter.json when the directory holds only the adapter; an adapter
+    trained on another base is a ConfigMismatch); adapter=False gives the base weights alone."""
     d = Path(model_dir)
+    if adapter and (d / ADAPTER_CONFIG).is_file():
+        from pocketgpt.model.peft import load_model_with_adapter
+
+        return load_model_with_adapter(d, device=device, dtype=dtype)
     config = load_config(d)
     model = build_model(config)
     load_weights(model, d / WEIGHTS_FILE)

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from pocketgpt.config import ModelConfig
 from pocketgpt.errors import ConfigMismatch, PocketError
+from pocketgpt.model import checkpoint
 from pocketgpt.model.lora import LoRALinear, add_lora, merge_lora, remove_lora, unmerge_lora
 from pocketgpt.model.prefix import PrefixKV, add_prefix, prefix_from_tokens, remove_prefix
 from pocketgpt.model.prompt_tuning import (
@@ -45,7 +46,7 @@ __all__ = ["LoRALinear", "PrefixKV", "SoftPromptEmbedding", "PeftConfig", "apply
            "load_model_with_adapter", "save_tuned", "config_hash"]
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter.json"
+ADAPTER_CONFIG = checkpoint.ADAPTER_CONFIG  # "adapter.json", next to the weights
 ADAPTER_VERSION = 1
 METHODS = ("lora", "prefix", "prompt")
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj")
@@ -258,9 +259,11 @@ def load_adapter(model: nn.Module, model_dir: str | os.PathLike, *, merge: bool 
     meta = read_adapter_config(d)
     want, got = meta.get("base_config_hash"), config_hash(model.config)
     if want != got:
+        named = (f" (adapter.json names {meta['base']}: if that directory was retrained with another config, "
+                 "train the adapter again)") if meta.get("base") else ""
         raise ConfigMismatch(f"{d}: this adapter was trained on a base model with config hash {want}, but the "
-                             f"model has {got} (a different preset or vocabulary); load it on its own base "
-                             f"model{' ' + meta['base'] if meta.get('base') else ''}")
+                             f"model has {got} (a different preset or vocabulary); load it on the base model "
+                             f"it was trained on{named}")
     fields = {k: meta[k] for k in ("method", "r", "alpha", "dropout", "targets", "n_virtual") if k in meta}
     attach(model, PeftConfig(**fields))
     try:
@@ -299,7 +302,7 @@ def load_model_with_adapter(model_dir: str | os.PathLike, *, device: str | torch
     base = d
     if not (d / CONFIG_FILE).is_file() and has_adapter(d):
         base = Path(read_adapter_config(d).get("base") or d)
-    model, tok = load_model(base, device="cpu")
+    model, tok = load_model(base, device="cpu", adapter=False)
     if tok is None and base != d and any((d / n).is_file() for n in TOKENIZER_FILES):
         from pocketgpt.text.bpe import Tokenizer
 

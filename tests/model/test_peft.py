@@ -207,8 +207,10 @@ def test_adapter_round_trip_and_base_directory_unchanged(tmp_path, method):
         save_model(m, tmp_path / "tuned")
     peft.save_adapter(m, tmp_path / "tuned")
     assert torch.allclose(m(idx), want)  # detaching restored the adapter
-    plain, _ = load_model(tmp_path / "tuned")  # strict load: no adapter tensors leaked in
+    plain, _ = load_model(tmp_path / "tuned", adapter=False)  # strict load: no adapter tensors leaked in
     assert torch.allclose(plain.double()(idx), _model()(idx), atol=1e-6)
+    tuned, _ = load_model(tmp_path / "tuned", dtype=torch.float64)  # load_model sees adapter.json
+    assert torch.allclose(tuned(idx), want, atol=1e-5)
     back, _ = peft.load_model_with_adapter(tmp_path / "tuned", dtype=torch.float64, merge=True)
     assert torch.allclose(back(idx), want, atol=1e-5)  # base weights were stored as fp32
     if method == "lora":  # merged: plain Linear layers again, so the engine's fast path applies
@@ -217,6 +219,8 @@ def test_adapter_round_trip_and_base_directory_unchanged(tmp_path, method):
     peft.save_adapter(m, adapter_only, base=str(tmp_path / "base"))
     again, _ = peft.load_model_with_adapter(adapter_only, dtype=torch.float64, merge=False)
     assert torch.allclose(again(idx), want, atol=1e-5)
+    via_base, _ = load_model(adapter_only, dtype=torch.float64)  # no config.json: the base named in adapter.json
+    assert torch.allclose(via_base(idx), want, atol=1e-5)
 
 
 def test_adapter_for_a_different_base_is_refused(tmp_path):
@@ -226,6 +230,10 @@ def test_adapter_for_a_different_base_is_refused(tmp_path):
     other = GPT(FLAVOURS["gpt2"].replace(d_model=48)).double()
     with pytest.raises(ConfigMismatch, match="config hash"):
         peft.load_adapter(other, tmp_path)
+    save_model(other, tmp_path / "other")  # an adapter-only directory naming the wrong base
+    peft.save_adapter(m, tmp_path / "stray", base=str(tmp_path / "other"))
+    with pytest.raises(ConfigMismatch, match=r"config hash \w+, but the model has \w+ .*names .*other"):
+        load_model(tmp_path / "stray")
     same = _model(seed=5)
     peft.load_adapter(same, tmp_path)  # same config: accepted
     (tmp_path / "adapter.safetensors").write_bytes(b"garbage")
