@@ -189,12 +189,14 @@ class Runner:
             slot.engine.stop()
 
 
-async def follow(handle: Any, disconnected: Any, poll: float = 0.002) -> Any:
-    """Async-iterate a RequestHandle's text deltas without a thread per request; cancels the
-    generation when `await disconnected()` turns true or the consumer stops iterating."""
+async def follow(handle: Any, disconnected: Any, poll: float = 0.002, check_every: float = 0.1) -> Any:
+    """Async-iterate a RequestHandle's text deltas without a thread per request. Cancels the
+    generation when the consumer stops iterating (a streaming response whose client left) or when
+    `await disconnected()` turns true, asked every `check_every` seconds (a whole-answer request
+    whose client gave up: nothing is being sent, so only asking notices)."""
     import asyncio
 
-    idle = 0
+    idle, next_check = 0, time.monotonic() + check_every
     try:
         while True:
             done = handle.done
@@ -203,11 +205,12 @@ async def follow(handle: Any, disconnected: Any, poll: float = 0.002) -> Any:
                 yield d
             if done:
                 return
+            if time.monotonic() >= next_check:
+                if await disconnected():
+                    return
+                next_check = time.monotonic() + check_every
             idle = 0 if deltas else idle + 1
-            if idle and idle % 50 == 0 and await disconnected():
-                handle.cancel()
-                return
-            await asyncio.sleep(poll if idle < 100 else 0.01)
+            await asyncio.sleep(poll if idle < 100 else 0.01)  # back off while the engine is busy elsewhere
     finally:
         if not handle.done:
             handle.cancel()

@@ -7,8 +7,10 @@ server passes prompts, templates and options through faithfully (Chinese include
 from __future__ import annotations
 
 import json
+import socket
 import time
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx
 import ollama
@@ -198,4 +200,24 @@ def test_a_client_that_disconnects_cancels_its_generation(client: ollama.Client,
     while slot.engine.scheduler.has_work() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not slot.engine.scheduler.running and not slot.engine.scheduler.waiting
+    client.generate("tiny-long", "", keep_alive=0)
+
+
+def test_a_whole_answer_request_whose_client_leaves_is_cancelled(
+    client: ollama.Client, live: LiveServer
+) -> None:
+    client.generate("tiny-long", "", keep_alive=-1)
+    options = {"temperature": 0, "num_predict": 1000}  # greedy runs all 1000 tokens (no end token comes)
+    body = json.dumps(
+        {"model": "tiny-long", "prompt": "It is", "raw": True, "stream": False, "options": options}
+    )
+    head = f"POST /api/generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    with recording(live, "tiny-long:latest") as handles:
+        with socket.create_connection((urlsplit(live.url).hostname, urlsplit(live.url).port)) as sock:
+            sock.sendall(f"{head}\r\n\r\n{body}".encode())
+            deadline = time.monotonic() + 30
+            while not handles and time.monotonic() < deadline:  # until the engine has the request
+                time.sleep(0.005)
+        done = handles[0].result(timeout=30)  # the client has gone without reading a byte
+    assert done.finish_reason == "cancelled" and len(done.tokens) < 1000
     client.generate("tiny-long", "", keep_alive=0)
