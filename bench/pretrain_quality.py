@@ -3,11 +3,12 @@
 Ours (pocketgpt GPT) and Hugging Face `GPT2LMHeadModel` start from identical weights (ours copied
 into HF's layout by `model.hf.hf_twin`) and train through the same loop (`train/loop.py`), with the
 same batches, AdamW settings, warmup and constant learning rate, for the same number of minutes
-each. Only the model implementation differs, so the faster forward/backward does more steps in the
+each, taken in alternating slices (a run resumed exactly through the loop's checkpoint), so load from
+other processes falls on both alike. Only the model implementation differs, so the faster forward/backward does more steps in the
 budget and should end lower. Both val losses are measured on the same held-out batches at the end;
 both curves (val loss against wall-clock seconds) go into one PNG.
 
-    python bench/pretrain_quality.py [--minutes 3] [--preset tiny] [--png bench/pretrain_quality.png]
+    python bench/pretrain_quality.py [--minutes 3] [--slices 6] [--preset tiny] [--png bench/pretrain_quality.png]
 
 Ends with one JSON line; ratio = HF val loss / ours (> 1: ours lower, i.e. better).
 """
@@ -27,31 +28,51 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
-def run(name: str, model: torch.nn.Module, shape: torch.nn.Module, prepared, args, out: Path, forward) -> dict:
-    """Train `model` for args.minutes through the loop; returns val losses against seconds."""
-    from pocketgpt.train.loop import TrainConfig, train
-    from pocketgpt.train.pretrain import pretrain_stage
+class Contestant:
+    """One model trained through the loop in slices: `slice(minutes)` continues it (--resume) for a few
+    more minutes and records (training seconds, val loss) at each evaluation."""
 
-    stage = pretrain_stage(shape, prepared, batch_size=args.batch_size, seed=0)  # batches by our config's shape
-    stage.name, stage.model = name, model
-    stage.loss = forward
-    stage.save = lambda m, d: None  # the benchmark keeps no model
-    stage.flops_per_token = None
-    start = time.perf_counter()
-    times: list[float] = []
-    evaluate_rows = stage.evaluate
+    def __init__(self, name: str, model: torch.nn.Module, shape: torch.nn.Module, prepared, args, out: Path,
+                 forward) -> None:
+        from pocketgpt.train.pretrain import pretrain_stage
 
-    def stamp(m):  # called at each eval: remember when, in training seconds
-        times.append(time.perf_counter() - start)
-        return evaluate_rows(m) if evaluate_rows else {}
-    stage.evaluate = stamp
-    cfg = TrainConfig(max_steps=10**9, max_minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-                      warmup_steps=50, schedule="constant", eval_every=args.eval_every, eval_batches=20,
-                      ckpt_every=0, log_every=50, seed=0, progress=True, device="cpu")
-    res = train(stage, cfg, out / name)
-    vals = [r for r in res.history if "val_loss" in r]
-    return {"steps": res.steps, "val_loss": res.val_loss, "curve": [(t, r["val_loss"]) for t, r in zip(times, vals, strict=False)],
-            "tok_per_s": res.steps * args.batch_size * model.config.block_size / max(times[-1], 1e-9) if times else 0}
+        self.name, self.args, self.out = name, args, out / name
+        self.stage = pretrain_stage(shape, prepared, batch_size=args.batch_size, seed=0)  # batches by our shape
+        self.stage.name, self.stage.model, self.stage.loss = name, model, forward
+        self.stage.save = lambda m, d: None  # the benchmark keeps no model
+        self.stage.flops_per_token = None
+        self.stage.evaluate = self._stamp
+        self.seconds, self.slice_start, self.stamps = 0.0, 0.0, []
+        self.curve: list[tuple[float, float]] = []
+        self.steps, self.val_loss, self.result = 0, float("nan"), None
+
+    def _stamp(self, model) -> dict:  # called at each eval, in order with the val rows of the log
+        self.stamps.append(self.seconds + time.perf_counter() - self.slice_start)
+        return {}
+
+    @torch.no_grad()
+    def final_val(self, batches: int = 40) -> float:
+        """Val loss at the end on the same held-out batches for every contestant (not the last eval's)."""
+        model = self.stage.model.eval()
+        src = self.stage.batches("val", 0, 1)
+        self.val_loss = sum(float(self.stage.loss(model, next(src))) for _ in range(batches)) / batches
+        self.curve.append((self.seconds, self.val_loss))
+        return self.val_loss
+
+    def slice(self, minutes: float) -> None:
+        from pocketgpt.train.loop import TrainConfig, train
+
+        a = self.args
+        cfg = TrainConfig(max_steps=10**9, max_minutes=minutes, batch_size=a.batch_size, lr=a.lr, warmup_steps=50,
+                          schedule="constant", eval_every=a.eval_every, eval_batches=20, ckpt_every=0, log_every=50,
+                          seed=0, progress=False, device="cpu")
+        self.stamps, self.slice_start = [], time.perf_counter()
+        res = train(self.stage, cfg, self.out, resume=self.result is not None)
+        self.seconds += time.perf_counter() - self.slice_start
+        vals = [r["val_loss"] for r in res.history if "val_loss" in r][-len(self.stamps):] if self.stamps else []
+        self.curve += list(zip(self.stamps, vals, strict=True))
+        self.result, self.steps, self.val_loss = res, res.steps, res.val_loss
+        print(f"  {self.name:5s} {self.seconds:6.0f} s  step {self.steps:5d}  val loss {self.val_loss:.4f}", flush=True)
 
 
 def plot(curves: dict[str, list[tuple[float, float]]], png: Path, title: str) -> None:
@@ -81,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--slices", type=int, default=6, help="turns per model, taken in alternation (default 6)")
     p.add_argument("--png", type=Path, default=Path("bench/pretrain_quality.png"))
     args = p.parse_args(argv)
 
@@ -112,16 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
     with tempfile.TemporaryDirectory() as tmp:
-        r_ours = run("ours", ours, ours, prepared, args, Path(tmp), ours_loss)
-        r_hf = run("hf", hf, ours, prepared, args, Path(tmp), hf_loss)
-    plot({f"pocketgpt ({r_ours['steps']} steps)": r_ours["curve"], f"HF GPT2LMHeadModel ({r_hf['steps']} steps)": r_hf["curve"]},
-         args.png, f"same data, {args.minutes} min each, 2 CPU threads")
-    print(f"ours: {r_ours['steps']} steps, val loss {r_ours['val_loss']:.4f}")
-    print(f"hf:   {r_hf['steps']} steps, val loss {r_hf['val_loss']:.4f}")
+        r_ours = Contestant("ours", ours, ours, prepared, args, Path(tmp), ours_loss)
+        r_hf = Contestant("hf", hf, ours, prepared, args, Path(tmp), hf_loss)
+        # the budget in --slices turns taken in alternation (who goes first alternates too), so a
+        # neighbour that loads the machine for a while slows both alike
+        for k in range(args.slices):
+            for c in ((r_ours, r_hf) if k % 2 == 0 else (r_hf, r_ours)):
+                c.slice(args.minutes / args.slices)
+        r_ours.final_val(), r_hf.final_val()
+    plot({f"pocketgpt ({r_ours.steps} steps)": r_ours.curve, f"HF GPT2LMHeadModel ({r_hf.steps} steps)": r_hf.curve},
+         args.png, f"same data, {args.minutes:g} min each, 2 CPU threads")
+    print(f"ours: {r_ours.steps} steps, val loss {r_ours.val_loss:.4f}")
+    print(f"hf:   {r_hf.steps} steps, val loss {r_hf.val_loss:.4f}")
     print(f"curves: {args.png}")
     print(json.dumps({"bench": "pretrain_quality", "metric": f"val_loss_after_{args.minutes:g}_min",
-                      "ours": round(r_ours["val_loss"], 4), "peer": "transformers GPT2LMHeadModel, same loop",
-                      "peer_value": round(r_hf["val_loss"], 4), "ratio": round(r_hf["val_loss"] / r_ours["val_loss"], 4),
+                      "ours": round(r_ours.val_loss, 4), "peer": "transformers GPT2LMHeadModel, same loop",
+                      "peer_value": round(r_hf.val_loss, 4), "ratio": round(r_hf.val_loss / r_ours.val_loss, 4),
                       "goal": 1.0}))
     return 0
 

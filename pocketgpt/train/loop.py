@@ -367,6 +367,7 @@ class _Run:
 def _same_model(saved: dict | None, now: dict | None, ckpt: Path) -> None:
     if saved is None or now is None:
         return
+    now = json.loads(json.dumps(now, default=str))  # as it was saved: JSON keys are strings, tuples lists
     diff = [k for k in sorted(set(saved) | set(now)) if k != "extra" and saved.get(k) != now.get(k)]
     if diff:
         shown = ", ".join(f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in diff[:6])
