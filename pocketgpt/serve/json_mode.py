@@ -38,6 +38,9 @@ DIGITS = frozenset(b"0123456789")
 HEX = frozenset(b"0123456789abcdefABCDEF")
 ESCAPES = frozenset(b'"\\/bfnrtu')
 LITERALS = {ord("t"): b"rue", ord("f"): b"alse", ord("n"): b"ull"}
+# UTF-8 lead bytes whose first continuation byte has a narrower range (no overlong forms, no
+# surrogates, nothing past U+10FFFF); every other continuation byte is 0x80-0xBF
+FIRST_CONTINUATION = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
 
 State = tuple[int, str, Any]
 INITIAL: State = (START, "", 0)
@@ -58,7 +61,7 @@ def step(state: State, b: int) -> State | None:
         if b == ord(" ") and aux:
             return (mode, stack, 0)
         if b == ord('"'):
-            return (STR, stack, (True, 0, 0, 0))
+            return (STR, stack, (True, 0, 0, 0, 0))
         return _close(stack) if mode == OBJ_FIRST and b == ord("}") else None
     if mode == STR:
         return _in_string(stack, aux, b)
@@ -88,7 +91,7 @@ def _begin_value(stack: str, b: int) -> State | None:
     if b == ord("["):
         return (ARR_FIRST, stack + "a", 0)
     if b == ord('"'):
-        return (STR, stack, (False, 0, 0, 0))
+        return (STR, stack, (False, 0, 0, 0, 0))
     if b == ord("-"):
         return (NUM, stack, SIGN)
     if b in DIGITS:
@@ -103,27 +106,29 @@ def _close(stack: str) -> State:
     return (AFTER, rest, 0) if rest else (DONE, "", 0)
 
 
-def _in_string(stack: str, aux: tuple[bool, int, int, int], b: int) -> State | None:
-    """aux = (is_key, after_backslash, hex digits left of a \\uXXXX, UTF-8 continuation bytes left)."""
-    is_key, esc, hex_left, cont = aux
+def _in_string(stack: str, aux: tuple[bool, int, int, int, int], b: int) -> State | None:
+    """aux = (is_key, after_backslash, hex digits left of a \\uXXXX, UTF-8 continuation bytes left,
+    the lead byte while its first continuation is due: it narrows that byte's range, RFC 3629)."""
+    is_key, esc, hex_left, cont, lead = aux
     if cont:
-        return (STR, stack, (is_key, 0, 0, cont - 1)) if 0x80 <= b <= 0xBF else None
+        lo, hi = FIRST_CONTINUATION.get(lead, (0x80, 0xBF))
+        return (STR, stack, (is_key, 0, 0, cont - 1, 0)) if lo <= b <= hi else None
     if hex_left:
-        return (STR, stack, (is_key, 0, hex_left - 1, 0)) if b in HEX else None
+        return (STR, stack, (is_key, 0, hex_left - 1, 0, 0)) if b in HEX else None
     if esc:
         if b not in ESCAPES:
             return None
-        return (STR, stack, (is_key, 0, 4 if b == ord("u") else 0, 0))
+        return (STR, stack, (is_key, 0, 4 if b == ord("u") else 0, 0, 0))
     if b == ord('"'):
         return (COLON, stack, 0) if is_key else (AFTER, stack, 0) if stack else None
     if b == ord("\\"):
-        return (STR, stack, (is_key, 1, 0, 0))
+        return (STR, stack, (is_key, 1, 0, 0, 0))
     if b < 0x20:  # control characters must be escaped
         return None
     if b < 0x80:
         return (STR, stack, aux)
     n = 1 if 0xC2 <= b <= 0xDF else 2 if 0xE0 <= b <= 0xEF else 3 if 0xF0 <= b <= 0xF4 else -1
-    return (STR, stack, (is_key, 0, 0, n)) if n > 0 else None
+    return (STR, stack, (is_key, 0, 0, n, b)) if n > 0 else None
 
 
 def _in_number(sub: int, b: int) -> int | None:
@@ -149,7 +154,7 @@ def cost(state: State) -> int:
     if mode == START:
         return 2  # {}
     if mode == STR:
-        is_key, esc, hex_left, cont = aux
+        is_key, esc, hex_left, cont, _ = aux
         return esc + hex_left + cont + 1 + (2 if is_key else 0) + close  # ..." (then :0 for a key)
     if mode == NUM:
         return (aux not in NUM_ENDS) + close
