@@ -4,9 +4,11 @@ Part 1 (always), per method: trainable parameters, time per optimizer step and m
 same SFT batch (built-in task conversations packed into block_size rows). One step is
 zero_grad -> forward -> loss (assistant tokens only) -> backward -> AdamW step, exactly the loop's
 optimizer (train/optim.make_optimizer). Methods take turns for `--rounds` rounds (alternating
-order) and the best round counts, so a noisy neighbour slows all alike. Memory: on CUDA the peak
-allocated during a step; everywhere the bytes of training state held in tensors after a step
-(weights + gradients + AdamW moments), measured from the tensors themselves.
+order) and the best round counts, so a noisy neighbour slows all alike. Memory, counted from the
+tensors themselves (the same on any device): the training state held after a step (weights +
+gradients + AdamW moments) and the activations autograd saves for the backward pass
+(torch.autograd.graph.saved_tensors_hooks, storage counted once); on CUDA also the peak allocated.
+"lora" is LoRA on attn.qkv + attn.proj (the default), "lora-all" on every block Linear.
 
 Part 2 (`--accuracy`), per method: SFT through the real loop (train/sft.py) for `--sft-steps`
 steps on `--n` built-in task examples, then held-out task accuracy (eval/tasks.py, greedy,
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
+from pocketgpt.eval.machine import machine  # noqa: E402
 from pocketgpt.model import peft  # noqa: E402
 
-METHODS = ("full", "lora", "prefix", "prompt")
+METHODS = ("full", "lora", "lora-all", "prefix", "prompt")
 LR = {"full": 1e-3, "lora": 3e-3, "lora-all": 3e-3, "prefix": 1e-2, "prompt": 3e-2}
 ALL_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")  # "lora-all": LoRA on every block Linear
 
@@ -101,6 +105,25 @@ def state_bytes(model, opt) -> int:
     return total
 
 
+def saved_activation_bytes(model, x, y) -> int:
+    """Bytes of the tensors autograd keeps for backward in one forward (each storage once): what a
+    method must hold between forward and backward besides its weights and optimizer state."""
+    seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # counted as weights already
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        if st.data_ptr() not in weights:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x, y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
 def time_steps(args) -> list[dict]:
     from pocketgpt.train.optim import make_optimizer
 
@@ -111,7 +134,8 @@ def time_steps(args) -> list[dict]:
         T = model.config.block_size - (args.n_virtual if m == "prompt" else 0)
         x, y = batch(tok, T, args.batch_size, dev)
         opt = make_optimizer(model, LR[m], 0.0, (0.9, 0.95), torch.device(dev).type)
-        runs[m] = dict(model=model, opt=opt, x=x, y=y, best=float("inf"), peak=0)
+        runs[m] = dict(model=model, opt=opt, x=x, y=y, best=float("inf"), peak=0,
+                       act=saved_activation_bytes(model, x, y))
 
     def step(run) -> None:
         run["opt"].zero_grad(set_to_none=True)
@@ -141,6 +165,7 @@ def time_steps(args) -> list[dict]:
         trainable, total = peft.parameter_counts(run["model"])
         rows.append({"method": m, "trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
                      "ms_per_step": 1000 * run["best"], "state_mb": state_bytes(run["model"], run["opt"]) / 2**20,
+                     "activations_mb": run["act"] / 2**20,
                      "cuda_peak_mb": run["peak"] / 2**20 if run["peak"] else None})
     return rows
 
@@ -205,14 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     where = args.model or "tiny preset, random init"
     rows = time_steps(args)
     print(f"\nbase: {where}; device {args.device}; batch {args.batch_size} rows of block_size tokens; "
-          f"best of {args.rounds} rounds x {args.steps} steps\n")
-    print("| method | trainable params | % of total | ms / step | train state MB | CUDA peak MB |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"best of {args.rounds} rounds x {args.steps} steps; load average {os.getloadavg()[0]:.2f}")
+    print("machine:", json.dumps(machine()), "\n")
+    print("| method | trainable params | % of total | ms / step | train state MB | activations MB | CUDA peak MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         peak = f"{r['cuda_peak_mb']:.0f}" if r["cuda_peak_mb"] else "-"
         print(f"| {r['method']} | {r['trainable']:,} | {r['trainable_pct']:.2f}% | {r['ms_per_step']:.1f} | "
-              f"{r['state_mb']:.1f} | {peak} |")
-    result = {"base": where, "device": args.device, "timing": rows}
+              f"{r['state_mb']:.2f} | {r['activations_mb']:.1f} | {peak} |")
+    result = {"base": where, "device": args.device, "machine": machine(), "timing": rows}
     if args.accuracy:
         acc = accuracy(args)
         result["accuracy"] = acc
@@ -224,7 +250,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nLoRA reaches {100 * acc['lora'] / acc['full']:.0f}% of full SFT's accuracy")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps(closing_line(result)))
     return 0
+
+
+def closing_line(result: dict) -> dict:
+    """The bench contract's last line: LoRA (ours) against full fine-tuning (peer). With accuracy,
+    LoRA's share of full SFT's task accuracy (goal >= 0.9); without, training state, full / LoRA."""
+    t = {r["method"]: r for r in result["timing"]}
+    acc = result.get("accuracy") or {}
+    if acc.get("full") and acc.get("lora") is not None:
+        return {"bench": "peft_table", "metric": "task_accuracy_lora_r8", "ours": acc["lora"], "peer": "full SFT",
+                "peer_value": acc["full"], "ratio": round(acc["lora"] / acc["full"], 3),
+                "goal": f">= 0.9 with {t['lora']['trainable_pct']:.2f}% of the parameters trained (< 5%)"}
+    return {"bench": "peft_table", "metric": "train_state_mb_lora_r8", "ours": round(t["lora"]["state_mb"], 2),
+            "peer": "full fine-tuning", "peer_value": round(t["full"]["state_mb"], 2),
+            "ratio": round(t["full"]["state_mb"] / t["lora"]["state_mb"], 2), "goal": "> 1 (less state to train)"}
 
 
 if __name__ == "__main__":
