@@ -67,6 +67,7 @@ def create_app(
     app.include_router(api_openai.router)
     app.include_router(transfer.router)
     _errors(app)
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=max_body)
     if api_key:
         app.add_middleware(BearerAuth, key=api_key)
@@ -163,6 +164,21 @@ class BodyLimit:
     async def _refuse(self, scope: dict, send: Any) -> None:
         msg = f"request body over {self.limit} bytes; send less (or raise the server's --max-body)"
         await _send_json(send, 413, error_body(scope["path"], msg, 413))
+
+
+class JsonBodies:
+    """ASGI middleware: every request body is JSON, whatever its Content-Type says. `curl -d '{...}'`
+    sends application/x-www-form-urlencoded, and Ollama's server reads it as JSON all the same; FastAPI
+    would refuse it, so the header is set to JSON here (blob uploads keep theirs)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/api/blobs/"):
+            headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 class BearerAuth:

@@ -221,3 +221,15 @@ def test_a_whole_answer_request_whose_client_leaves_is_cancelled(
         done = handles[0].result(timeout=30)  # the client has gone without reading a byte
     assert done.finish_reason == "cancelled" and len(done.tokens) < 1000
     client.generate("tiny-long", "", keep_alive=0)
+
+
+def test_curl_style_bodies_are_json_too(live: LiveServer) -> None:
+    """`curl -d '{...}'` labels the body application/x-www-form-urlencoded; Ollama reads JSON anyway."""
+    body = json.dumps({"model": "tiny-chat", "prompt": "你好", "stream": False}).encode()
+    r = httpx.post(
+        f"{live.url}/api/generate",
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["eval_count"] == 8
