@@ -36,8 +36,14 @@ def machine() -> dict:
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_avg": os.getloadavg(), "python": platform.python_version(), "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def tokenizer_for(vocab_size: int):
@@ -48,7 +54,9 @@ def tokenizer_for(vocab_size: int):
     if vocab_size == g.vocab_size:
         return g
     n = vocab_size - 1  # the last id is <|endoftext|>
-    return Tokenizer({b: i for b, i in g.ranks.items() if i < n}, {"<|endoftext|>": n}, merges=g.merges[: n - 256])
+    return Tokenizer(
+        {b: i for b, i in g.ranks.items() if i < n}, {"<|endoftext|>": n}, merges=g.merges[: n - 256]
+    )
 
 
 def build(preset: str, root: Path) -> Path:
@@ -108,7 +116,7 @@ def hf(model_dir: Path, tmp: Path, n: int) -> Runner:
 
     def run() -> list[int]:
         with torch.no_grad():
-            return model.generate(ids, **kw)[0, len(PROMPT):].tolist()
+            return model.generate(ids, **kw)[0, len(PROMPT) :].tolist()
 
     return Runner("HF generate", run, n)
 
@@ -119,8 +127,7 @@ def llama_cpp(model_dir: Path, tmp: Path, n: int, threads: int) -> Runner:
     from pocketgpt.model.gguf_export import export_gguf
 
     path = export_gguf(model_dir, tmp / "m.gguf", "f32")
-    llm = llama_cpp.Llama(str(path), n_ctx=len(PROMPT) + n + 8, n_threads=threads, n_batch=64,
-                          verbose=False)
+    llm = llama_cpp.Llama(str(path), n_ctx=len(PROMPT) + n + 8, n_threads=threads, n_batch=64, verbose=False)
 
     def run() -> list[int]:
         llm.reset()
@@ -138,7 +145,12 @@ def bench_model(preset: str, root: Path, n: int, repeat: int, threads: int) -> l
     """All engines on one model, in alternating rounds (the CPU is shared: a slow spell hits every
     engine, not one), best of `repeat` rounds each."""
     d = build(preset, root)
-    runners = [ours(d, n), hf(d, root / preset, n), llama_cpp(d, root / preset, n, threads), ours(d, n, batch=8)]
+    runners = [
+        ours(d, n),
+        hf(d, root / preset, n),
+        llama_cpp(d, root / preset, n, threads),
+        ours(d, n, batch=8),
+    ]
     for r in runners:
         r()  # warm-up (allocations, lazy init); not counted
         r.best = float("inf")
@@ -151,24 +163,49 @@ def bench_model(preset: str, root: Path, n: int, repeat: int, threads: int) -> l
     o1, o8 = one.rate, eight.rate
     same_hf = sum(a == b for a, b in zip(one.tokens, h.tokens, strict=False))
     same_cpp = sum(a == b for a, b in zip(one.tokens, c.tokens, strict=False))
-    print(f"{preset}: ours {o1:.1f} tok/s, HF generate {h.rate:.1f}, llama.cpp {c.rate:.1f}; 8 streams {o8:.1f} "
-          f"tok/s ({o8 / o1:.2f}x); greedy tokens equal to HF's for {same_hf}/{n}, to llama.cpp's for "
-          f"{same_cpp}/{n}; load average {load_before:.1f} -> {load_after:.1f}")
+    print(
+        f"{preset}: ours {o1:.1f} tok/s, HF generate {h.rate:.1f}, llama.cpp {c.rate:.1f}; 8 streams {o8:.1f} "
+        f"tok/s ({o8 / o1:.2f}x); greedy tokens equal to HF's for {same_hf}/{n}, to llama.cpp's for "
+        f"{same_cpp}/{n}; load average {load_before:.1f} -> {load_after:.1f}"
+    )
     goal_hf, goal_cpp = (3.0, 0.5) if preset == "tiny" else (None, 1.0)
     common = {"bench": "decode", "load_avg": [round(load_before, 2), round(load_after, 2)]}
-    return [{**common, "metric": f"{preset}_batch1_tok_per_s", "ours": round(o1, 1),
-             "peer": f"llama.cpp (llama-cpp-python, f32, n_threads={threads})", "peer_value": round(c.rate, 1),
-             "ratio": round(o1 / c.rate, 3), "goal": goal_cpp},
-            {**common, "metric": f"{preset}_batch1_tok_per_s", "ours": round(o1, 1),
-             "peer": "transformers generate()", "peer_value": round(h.rate, 1), "ratio": round(o1 / h.rate, 3),
-             "goal": goal_hf},
-            {**common, "metric": f"{preset}_8_streams_vs_1_tok_per_s", "ours": round(o8, 1),
-             "peer": "ours, single stream", "peer_value": round(o1, 1), "ratio": round(o8 / o1, 3), "goal": 4.0}]
+    return [
+        {
+            **common,
+            "metric": f"{preset}_batch1_tok_per_s",
+            "ours": round(o1, 1),
+            "peer": f"llama.cpp (llama-cpp-python, f32, n_threads={threads})",
+            "peer_value": round(c.rate, 1),
+            "ratio": round(o1 / c.rate, 3),
+            "goal": goal_cpp,
+        },
+        {
+            **common,
+            "metric": f"{preset}_batch1_tok_per_s",
+            "ours": round(o1, 1),
+            "peer": "transformers generate()",
+            "peer_value": round(h.rate, 1),
+            "ratio": round(o1 / h.rate, 3),
+            "goal": goal_hf,
+        },
+        {
+            **common,
+            "metric": f"{preset}_8_streams_vs_1_tok_per_s",
+            "ours": round(o8, 1),
+            "peer": "ours, single stream",
+            "peer_value": round(o1, 1),
+            "ratio": round(o8 / o1, 3),
+            "goal": 4.0,
+        },
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="tiny,gpt2-124m", help="comma-separated presets (default tiny,gpt2-124m)")
+    ap.add_argument(
+        "--models", default="tiny,gpt2-124m", help="comma-separated presets (default tiny,gpt2-124m)"
+    )
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per run (default 128)")
     ap.add_argument("--repeat", type=int, default=5, help="timed rounds; the best counts (default 5)")
     ap.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads (default 2)")
@@ -177,8 +214,20 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    print("config:", json.dumps({"models": args.models, "prompt_tokens": len(PROMPT), "new_tokens": args.tokens,
-                                 "repeat": args.repeat, "threads": args.threads, "dtype": "float32", "sampling": "greedy"}))
+    print(
+        "config:",
+        json.dumps(
+            {
+                "models": args.models,
+                "prompt_tokens": len(PROMPT),
+                "new_tokens": args.tokens,
+                "repeat": args.repeat,
+                "threads": args.threads,
+                "dtype": "float32",
+                "sampling": "greedy",
+            }
+        ),
+    )
     print("machine:", json.dumps(machine()))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

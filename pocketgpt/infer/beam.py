@@ -28,16 +28,26 @@ class Hypothesis:
 
 
 @torch.no_grad()
-def beam_search(model: torch.nn.Module, src: list[int], *, beam: int = 4, max_new_tokens: int = 32,
-                length_penalty: float = 0.0) -> Hypothesis:
+def beam_search(
+    model: torch.nn.Module,
+    src: list[int],
+    *,
+    beam: int = 4,
+    max_new_tokens: int = 32,
+    length_penalty: float = 0.0,
+) -> Hypothesis:
     """The best continuation of BOS for one source sentence `src` (token ids) under a `Seq2Seq`."""
     c = model.config
     if c.bos_id < 0:
-        raise ConfigMismatch("beam search starts from BOS, but config.bos_id is unset; set it to the tokenizer's BOS id")
+        raise ConfigMismatch(
+            "beam search starts from BOS, but config.bos_id is unset; set it to the tokenizer's BOS id"
+        )
     device = model.tok_emb.weight.device
     src_t = torch.tensor([src], device=device)  # (1, Ts)
     src_mask = model._src_mask(src_t, None)
-    memory = model.encode(src_t, src_mask).expand(beam, -1, -1)  # (beam, Ts, C): one encode, shared by all beams
+    memory = model.encode(src_t, src_mask).expand(
+        beam, -1, -1
+    )  # (beam, Ts, C): one encode, shared by all beams
     src_mask = src_mask.expand(beam, -1) if src_mask is not None else None
     cache = model.new_cache(beam, max_new_tokens)
     tok = torch.full((beam, 1), c.bos_id, dtype=torch.long, device=device)  # (beam, 1)

@@ -91,15 +91,29 @@ class RequestHandle:
 class Engine:
     """Continuous-batching generation over one model (and optionally its tokenizer, for text)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None, *, max_batch: int = 8,
-                 max_len: int | None = None, threads: int | None = None, fast: bool = True) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer=None,
+        *,
+        max_batch: int = 8,
+        max_len: int | None = None,
+        threads: int | None = None,
+        fast: bool = True,
+    ) -> None:
         """`max_batch` slots of `max_len` positions (default block_size) are allocated once, here.
         `threads`: intra-op threads per step (default: 1 for small CPU models, else torch's).
         `fast=False` decodes through the model's modules instead of `fast_decode` (the reference)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.scheduler = Scheduler(model, max_batch=max_batch, max_len=max_len, threads=threads, fast=fast,
-                                   token_bytes=tokenizer.token_bytes if tokenizer is not None else None)
+        self.scheduler = Scheduler(
+            model,
+            max_batch=max_batch,
+            max_len=max_len,
+            threads=threads,
+            fast=fast,
+            token_bytes=tokenizer.token_bytes if tokenizer is not None else None,
+        )
         self._lock = threading.Lock()  # guards the waiting queue between submitters and the stepper
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -122,9 +136,13 @@ class Engine:
     def _check(self, prompt: list[int], params: SamplingParams) -> None:
         V, max_len = self.model.config.vocab_size, self.scheduler.max_len
         if not prompt:
-            raise DataError("the prompt is empty; give at least one token (e.g. <|endoftext|> to start fresh)")
+            raise DataError(
+                "the prompt is empty; give at least one token (e.g. <|endoftext|> to start fresh)"
+            )
         if len(prompt) >= max_len:
-            raise DataError(f"the prompt has {len(prompt)} tokens but the context is {max_len}; shorten the prompt")
+            raise DataError(
+                f"the prompt has {len(prompt)} tokens but the context is {max_len}; shorten the prompt"
+            )
         if not all(0 <= t < V for t in [*prompt, *params.logit_bias]):
             raise DataError(f"token ids must be in [0, {V}) for this model's vocabulary")
         if params.stop and self.tokenizer is None:
@@ -139,7 +157,9 @@ class Engine:
             self.scheduler.step()
             return True
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None
+    ) -> list[Completion]:
         """Generate for every prompt (different lengths welcome) and wait; batched by the scheduler."""
         handles = [self.submit(p, params) for p in prompts]
         if self._thread is None:

@@ -50,7 +50,9 @@ def unsupported(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if m._forward_hooks or m._forward_pre_hooks:
             return f"module {name or 'model'} has forward hooks"
-    linears = [model.lm_head] + [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
+    linears = [model.lm_head] + [
+        m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)
+    ]
     linears += [b.mlp.gate for b in model.blocks if b.mlp.swiglu]
     odd = next((type(m).__name__ for m in linears if type(m) is not nn.Linear), None)
     if odd is not None:
@@ -142,7 +144,9 @@ CHUNK_MIN = 1 << 20  # weights of >= 1M elements (4 MB in fp32) stream from memo
 def _norm(m: nn.Module):
     """A norm module -> a function (n, C) -> (n, C) computing the same thing with one or two calls."""
     if isinstance(m, LayerNorm):
-        return partial(torch.layer_norm, normalized_shape=m.weight.shape, weight=m.weight, bias=m.bias, eps=m.eps)
+        return partial(
+            torch.layer_norm, normalized_shape=m.weight.shape, weight=m.weight, bias=m.bias, eps=m.eps
+        )
     if isinstance(m, RMSNorm):
         w, eps = m.weight, m.eps
         if w.dtype in (torch.float16, torch.bfloat16):  # the module computes in float32; so do we
@@ -151,7 +155,11 @@ def _norm(m: nn.Module):
     return lambda x: x
 
 
-_ACTS = {"gelu_tanh": partial(F.gelu, approximate="tanh"), "gelu": F.gelu, "relu": F.relu}  # C calls, no lambda
+_ACTS = {
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+}  # C calls, no lambda
 
 
 class _Layer:
@@ -216,9 +224,15 @@ class FastDecoder:
         pos = None if uniform else cache.positions()[:, 0]  # (n,) per-row positions
         x = self._embed(ids, lens[0] if uniform else pos)  # (n, C)
         cos_sin = self._rope_at(lens[0] if uniform else pos)  # (1 or n, 1, hs) each, or None
-        K, V = cache.k[:, :n, :, :tk].unbind(0), cache.v[:, :n, :, :tk].unbind(0)  # L x (n, nkv, tk, hs) views
+        K, V = (
+            cache.k[:, :n, :, :tk].unbind(0),
+            cache.v[:, :n, :, :tk].unbind(0),
+        )  # L x (n, nkv, tk, hs) views
         if uniform:  # every row writes at the same position: plain views, no index, no mask
-            k_at, v_at = cache.k[:, :n, :, tk - 1].unbind(0), cache.v[:, :n, :, tk - 1].unbind(0)  # L x (n, nkv, hs)
+            k_at, v_at = (
+                cache.k[:, :n, :, tk - 1].unbind(0),
+                cache.v[:, :n, :, tk - 1].unbind(0),
+            )  # L x (n, nkv, hs)
             index = mask = None
         else:
             k_at, v_at = cache.k.unbind(0), cache.v.unbind(0)  # L x (S, nkv, max_len, hs)
@@ -249,7 +263,9 @@ class FastDecoder:
             k_at.view(-1, hs).index_copy_(0, index, k.reshape(n * nkv, hs))
             v_at.view(-1, hs).index_copy_(0, index, v.reshape(n * nkv, hs))
         # every query head of a group attends over its kv head's keys: GQA without repeating them
-        y = F.scaled_dot_product_attention(q.view(n, nkv, nh // nkv, hs), K, V, attn_mask=mask)  # (n, nkv, rep, hs)
+        y = F.scaled_dot_product_attention(
+            q.view(n, nkv, nh // nkv, hs), K, V, attn_mask=mask
+        )  # (n, nkv, rep, hs)
         x = x + layer.proj(y.reshape(n, nh * hs))  # (n, C)
         if not self.pre_norm:
             x = layer.norm1(x)

@@ -18,15 +18,31 @@ __all__ = ["Completion", "generate"]
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, prompt: list[int], *, max_tokens: int = 64, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_ids: Iterable[int] = (), on_token: Callable[[int], None] | None = None,
-             **more: object) -> Completion:
+def generate(
+    model: torch.nn.Module,
+    prompt: list[int],
+    *,
+    max_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_ids: Iterable[int] = (),
+    on_token: Callable[[int], None] | None = None,
+    **more: object,
+) -> Completion:
     """Continue `prompt` (token ids) with up to `max_tokens` sampled tokens; a stop id ends it (and is
     not included). The same seed gives the same tokens; temperature 0 is greedy. `more` takes any
     other `SamplingParams` field (min_p, repetition_penalty, logit_bias, ...)."""
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                            stop_ids=tuple(stop_ids), **more)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_ids=tuple(stop_ids),
+        **more,
+    )
     engine = Engine(model, max_batch=1, max_len=min(model.config.block_size, len(prompt) + max_tokens + 1))
     handle = engine.submit(prompt, params)
     reported = 0

@@ -43,15 +43,19 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         self.stop_ids, self.stop = tuple(self.stop_ids), tuple(self.stop)
-        problems = [msg for bad, msg in [
-            (self.max_tokens < 0, "max_tokens must be >= 0"),
-            (self.temperature < 0, "temperature must be >= 0"),
-            (self.top_k is not None and self.top_k < 0, "top_k must be >= 0"),
-            (self.top_p is not None and not 0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
-            (self.min_p is not None and not 0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
-            (self.repetition_penalty <= 0, "repetition_penalty must be > 0"),
-            (any(s == "" for s in self.stop), "stop strings must be non-empty"),
-        ] if bad]
+        problems = [
+            msg
+            for bad, msg in [
+                (self.max_tokens < 0, "max_tokens must be >= 0"),
+                (self.temperature < 0, "temperature must be >= 0"),
+                (self.top_k is not None and self.top_k < 0, "top_k must be >= 0"),
+                (self.top_p is not None and not 0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+                (self.min_p is not None and not 0.0 <= self.min_p <= 1.0, "min_p must be in [0, 1]"),
+                (self.repetition_penalty <= 0, "repetition_penalty must be > 0"),
+                (any(s == "" for s in self.stop), "stop strings must be non-empty"),
+            ]
+            if bad
+        ]
         if problems:
             raise DataError("sampling parameters: " + "; ".join(problems))
 
@@ -61,7 +65,12 @@ class SamplingParams:
 
     @property
     def penalised(self) -> bool:
-        return bool(self.repetition_penalty != 1.0 or self.presence_penalty or self.frequency_penalty or self.logit_bias)
+        return bool(
+            self.repetition_penalty != 1.0
+            or self.presence_penalty
+            or self.frequency_penalty
+            or self.logit_bias
+        )
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -94,8 +103,12 @@ def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(logits < threshold, float("-inf"))
 
 
-def apply_penalties(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor | None,
-                    generated_counts: torch.Tensor | None) -> torch.Tensor:
+def apply_penalties(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    seen: torch.Tensor | None,
+    generated_counts: torch.Tensor | None,
+) -> torch.Tensor:
     """logits (V,) -> a penalised copy. `seen` (V,) bool: in prompt or output; `generated_counts` (V,):
     how often each token was generated so far."""
     logits = logits.float().clone()
@@ -131,9 +144,15 @@ def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generato
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def sample_next(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, min_p: float | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,). temperature 0 means greedy."""
     if temperature <= 0.0:
         return logits.argmax(dim=-1)

@@ -48,9 +48,16 @@ class Request:
 class Scheduler:
     """Runs the requests of one model in the slots of one `SlotKVCache`."""
 
-    def __init__(self, model: torch.nn.Module, *, max_batch: int = 8, max_len: int | None = None,
-                 token_bytes: Callable[[int], bytes] | None = None, threads: int | None = None,
-                 fast: bool = True) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        max_batch: int = 8,
+        max_len: int | None = None,
+        token_bytes: Callable[[int], bytes] | None = None,
+        threads: int | None = None,
+        fast: bool = True,
+    ) -> None:
         """`fast=False` keeps every decode step on the module path (the reference the fast path is tested against)."""
         self.model = model
         self.threads = threads if threads is not None else step_threads(model)
@@ -130,10 +137,14 @@ class Scheduler:
         """One token for every running row, in one forward."""
         n = len(self.running)
         if self.fast is not None:
-            logits = self.fast.step(torch.tensor([r.last for r in self.running], device=self.device), self.cache)
+            logits = self.fast.step(
+                torch.tensor([r.last for r in self.running], device=self.device), self.cache
+            )
         elif n == 1:  # no mask, no scatter: the module path's batch-1 case
             row = self.cache.row(0)
-            logits = self._last_logits(torch.tensor([[self.running[0].last]], device=self.device), row)  # (1, V)
+            logits = self._last_logits(
+                torch.tensor([[self.running[0].last]], device=self.device), row
+            )  # (1, V)
             self.cache.set_length(0, row.pos)
         else:
             idx = torch.tensor([[r.last] for r in self.running], device=self.device)  # (n, 1)

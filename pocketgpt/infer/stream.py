@@ -49,7 +49,7 @@ class TextStream:
         else:
             hold = 0 if final else _held_suffix(self._pending, self.stop)
             out = self._pending[: len(self._pending) - hold]
-            self._pending = self._pending[len(self._pending) - hold:]
+            self._pending = self._pending[len(self._pending) - hold :]
         self.text += out
         return out
 

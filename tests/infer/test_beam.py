@@ -13,9 +13,23 @@ PAD, BOS, EOS = 0, 1, 2
 
 def _model(seed: int = 0, **kw) -> Seq2Seq:
     torch.manual_seed(seed)
-    cfg = dict(arch="seq2seq", vocab_size=16, block_size=32, n_layer=2, n_encoder_layer=2, n_head=2, d_model=32,
-               d_ff=64, activation="relu", norm_placement="post", positions="sinusoidal", dropout=0.0,
-               pad_id=PAD, bos_id=BOS, eos_id=EOS)
+    cfg = dict(
+        arch="seq2seq",
+        vocab_size=16,
+        block_size=32,
+        n_layer=2,
+        n_encoder_layer=2,
+        n_head=2,
+        d_model=32,
+        d_ff=64,
+        activation="relu",
+        norm_placement="post",
+        positions="sinusoidal",
+        dropout=0.0,
+        pad_id=PAD,
+        bos_id=BOS,
+        eos_id=EOS,
+    )
     return Seq2Seq(ModelConfig(**{**cfg, **kw})).eval()
 
 

@@ -37,7 +37,9 @@ def test_generate_json_matches_the_engine_and_honours_stop(tmp_path, cli):
 def test_predict_shows_the_models_probabilities(tmp_path, cli):
     d, model, tok = _model_dir(tmp_path)
     png = tmp_path / "next.png"
-    out = json.loads(cli("predict", str(d), "周一上班真的很", "--top", "5", "--plot", str(png), "--json").stdout)
+    out = json.loads(
+        cli("predict", str(d), "周一上班真的很", "--top", "5", "--plot", str(png), "--json").stdout
+    )
     with torch.no_grad():
         probs = model(torch.tensor([tok.encode("周一上班真的很")]))[0, -1].softmax(-1)
     want = probs.topk(5)

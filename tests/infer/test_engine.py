@@ -25,8 +25,10 @@ def _alone(model, prompt, params):
 @torch.no_grad()
 def test_slot_cache_decoding_equals_full_recomputation(flavour):
     m = tiny_gpt(**flavour)
-    seqs = [[int(t) for t in torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(n))]
-            for n in (12, 15, 9)]
+    seqs = [
+        [int(t) for t in torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(n))]
+        for n in (12, 15, 9)
+    ]
     starts = [3, 7, 1]  # ragged: each row has prefilled a different prefix
     cache = m.new_cache(4, 20, ragged=True)
     for i, (s, a) in enumerate(zip(seqs, starts, strict=True)):
@@ -55,10 +57,12 @@ def test_batched_prompts_of_different_lengths_equal_one_by_one(flavour):
 
 def test_requests_joining_mid_flight_match_running_alone():
     m = tiny_gpt()
-    params = [SamplingParams(max_tokens=10, temperature=0.0),
-              SamplingParams(max_tokens=4, temperature=0.0, repetition_penalty=1.5),
-              SamplingParams(max_tokens=9, temperature=0.0, frequency_penalty=0.7, presence_penalty=0.3),
-              SamplingParams(max_tokens=6, temperature=0.0, logit_bias={5: 3.0})]
+    params = [
+        SamplingParams(max_tokens=10, temperature=0.0),
+        SamplingParams(max_tokens=4, temperature=0.0, repetition_penalty=1.5),
+        SamplingParams(max_tokens=9, temperature=0.0, frequency_penalty=0.7, presence_penalty=0.3),
+        SamplingParams(max_tokens=6, temperature=0.0, logit_bias={5: 3.0}),
+    ]
     engine = Engine(m, max_batch=3)  # fewer slots than requests: the fourth waits for a free one
     handles = []
     for p, sp in zip(PROMPTS, params, strict=True):
@@ -125,7 +129,9 @@ def test_stop_strings_and_stop_ids_end_the_text():
     free = Engine(m, tok).generate([[72, 105]], base)[0]
     assert free.text == tok.decode(free.tokens)
     stop = free.text[5:7]  # two characters somewhere in the middle
-    cut = Engine(m, tok).generate([[72, 105]], SamplingParams(max_tokens=40, temperature=1.0, seed=3, stop=(stop,)))[0]
+    cut = Engine(m, tok).generate(
+        [[72, 105]], SamplingParams(max_tokens=40, temperature=1.0, seed=3, stop=(stop,))
+    )[0]
     assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.find(stop)]
     stop_id = free.tokens[4]
     by_id = generate(m, [72, 105], max_tokens=40, temperature=1.0, seed=3, stop_ids=[stop_id])

@@ -46,8 +46,10 @@ def _decode_logits(m, seqs, starts, steps, chunk_min):
 @pytest.mark.parametrize("flavour", FLAVOURS.values(), ids=FLAVOURS.keys())
 def test_fast_step_equals_full_recomputation(flavour, starts, chunk_min):
     m = tiny_gpt(**flavour)
-    seqs = [[int(t) for t in torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(n))]
-            for n in (14, 17, 11)][: len(starts)]
+    seqs = [
+        [int(t) for t in torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(n))]
+        for n in (14, 17, 11)
+    ][: len(starts)]
     got = _decode_logits(m, seqs, starts, 6, chunk_min)
     with torch.no_grad():
         for s, a, g in zip(seqs, starts, got, strict=True):
@@ -57,7 +59,9 @@ def test_fast_step_equals_full_recomputation(flavour, starts, chunk_min):
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "inner-blocks"])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(96, 40), (97, 40), (64, 41), (97, 41)], ids=["blocks", "prime-out", "odd-in", "neither"])
+@pytest.mark.parametrize(
+    "shape", [(96, 40), (97, 40), (64, 41), (97, 41)], ids=["blocks", "prime-out", "odd-in", "neither"]
+)
 @pytest.mark.parametrize("n", [1, 3])
 def test_blocked_products_equal_linear(shape, bias, n, onednn, monkeypatch):
     if not onednn:
@@ -73,9 +77,11 @@ def test_blocked_products_equal_linear(shape, bias, n, onednn, monkeypatch):
 def test_engine_tokens_equal_with_and_without_fast_path(flavour):
     m = tiny_gpt(**flavour)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [9], [4, 4, 8, 15, 16], [30, 31, 32, 33]]
-    for params in (SamplingParams(max_tokens=12, temperature=0.0),
-                   SamplingParams(max_tokens=12, temperature=0.9, top_k=20, seed=7),
-                   SamplingParams(max_tokens=12, temperature=0.0, repetition_penalty=1.3)):
+    for params in (
+        SamplingParams(max_tokens=12, temperature=0.0),
+        SamplingParams(max_tokens=12, temperature=0.9, top_k=20, seed=7),
+        SamplingParams(max_tokens=12, temperature=0.0, repetition_penalty=1.3),
+    ):
         fast = Engine(m, max_batch=4).generate(prompts, params)
         slow = Engine(m, max_batch=4, fast=False).generate(prompts, params)
         assert [c.tokens for c in fast] == [c.tokens for c in slow]
@@ -121,7 +127,10 @@ def test_unknown_parts_fall_back_to_the_module_path():
     params = SamplingParams(max_tokens=6, temperature=0.0)
     engine = Engine(m, max_batch=2)
     assert engine.scheduler.fast is None
-    assert engine.generate([[1, 2]], params)[0].tokens == Engine(m, fast=False).generate([[1, 2]], params)[0].tokens
+    assert (
+        engine.generate([[1, 2]], params)[0].tokens
+        == Engine(m, fast=False).generate([[1, 2]], params)[0].tokens
+    )
 
 
 def test_adapter_swapped_in_after_the_engine_was_built_is_respected():

@@ -30,8 +30,17 @@ def test_top_k_keeps_exactly_the_k_largest():
     assert _support(filter_top_k(logits, 6)) == set(range(6))
 
 
-@pytest.mark.parametrize("p,want", [(0.5, {0}), (0.5000001, {0, 1}), (0.7, {0, 1}), (0.8, {0, 1, 2}),
-                                    (0.95, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3, 4})])
+@pytest.mark.parametrize(
+    "p,want",
+    [
+        (0.5, {0}),
+        (0.5000001, {0, 1}),
+        (0.7, {0, 1}),
+        (0.8, {0, 1, 2}),
+        (0.95, {0, 1, 2, 3}),
+        (1.0, {0, 1, 2, 3, 4}),
+    ],
+)
 def test_top_p_keeps_smallest_set_with_mass_at_least_p(p, want):
     probs = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03], dtype=torch.float64)
     perm = torch.tensor([3, 0, 4, 1, 2])  # shuffled so order in the row does not matter
@@ -91,7 +100,9 @@ def test_generate_stops_at_stop_id_and_at_context_end():
         generate(m, [], max_tokens=3)
 
 
-@pytest.mark.parametrize("min_p,want", [(0.0, {0, 1, 2, 3, 4}), (0.29, {0, 1, 2}), (0.31, {0, 1}), (1.0, {0})])
+@pytest.mark.parametrize(
+    "min_p,want", [(0.0, {0, 1, 2, 3, 4}), (0.29, {0, 1, 2}), (0.31, {0, 1}), (1.0, {0})]
+)
 def test_min_p_keeps_tokens_at_least_min_p_times_the_top(min_p, want):
     probs = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03], dtype=torch.float64)
     assert _support(filter_min_p(probs.log(), min_p)) == want
@@ -105,7 +116,9 @@ def test_penalties_change_exactly_the_right_logits():
     assert rep.tolist() == [1.0, -2.0, 0.5, 3.0, 1.0]  # positive seen / 2, negative seen * 2
     pf = apply_penalties(logits, SamplingParams(presence_penalty=0.5, frequency_penalty=0.25), seen, counts)
     assert pf.tolist() == [2.0, -1.0, 0.5 - 0.5 - 0.5, 3.0 - 0.25 - 0.5, 1.0]
-    bias = apply_penalties(logits, SamplingParams(logit_bias={1: 10.0, 4: -1.0}, repetition_penalty=2.0), seen, counts)
+    bias = apply_penalties(
+        logits, SamplingParams(logit_bias={1: 10.0, 4: -1.0}, repetition_penalty=2.0), seen, counts
+    )
     assert bias.tolist() == [1.0, 4.5, 0.5, 3.0, 0.0]  # bias first, then the penalty sees the biased logit
     assert logits.tolist() == [2.0, -1.0, 0.5, 3.0, 1.0]  # the caller's row is untouched
 
