@@ -1,6 +1,7 @@
 """The decode fast path against the reference: `FastDecoder.step` == the model's own full forward
-(no cache at all) for every flavour, uniform and ragged batches, plain and blocked products; the engine
-gives the same tokens with and without it; stale weights are re-read; unknown parts fall back."""
+(no cache at all) for every flavour, uniform and ragged batches, transposed-copy, plain and blocked
+products; the engine gives the same tokens with and without it; stale weights are re-read; unknown
+parts fall back."""
 
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ FLAVOURS = {
 }
 
 
-def _decode_logits(m, seqs, starts, steps, chunk_min):
+def _decode_logits(m, seqs, starts, steps, layout):
     """Prefill each row's prefix through the model, then `steps` fast steps; logits per row (steps, V)."""
-    fast = FastDecoder(m, chunk_min=chunk_min)
+    fast = FastDecoder(m, **layout)
     cache = m.new_cache(len(seqs) + 1, 24, ragged=True)
     with torch.no_grad():
         for i, (s, a) in enumerate(zip(seqs, starts, strict=True)):
@@ -41,16 +42,23 @@ def _decode_logits(m, seqs, starts, steps, chunk_min):
     return [torch.stack(g) for g in got]
 
 
-@pytest.mark.parametrize("chunk_min", [1 << 20, 1], ids=["plain", "blocked"])
+LAYOUTS = {  # which product each weight takes: transposed copies (the default for tiny models), plain, blocked
+    "transposed": {},
+    "plain": {"copy_max": 0},
+    "blocked": {"chunk_min": 1},
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 @pytest.mark.parametrize("starts", [[3, 7, 1], [5, 5, 5], [6]], ids=["ragged", "uniform", "single"])
 @pytest.mark.parametrize("flavour", FLAVOURS.values(), ids=FLAVOURS.keys())
-def test_fast_step_equals_full_recomputation(flavour, starts, chunk_min):
+def test_fast_step_equals_full_recomputation(flavour, starts, layout):
     m = tiny_gpt(**flavour)
     seqs = [
         [int(t) for t in torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(n))]
         for n in (14, 17, 11)
     ][: len(starts)]
-    got = _decode_logits(m, seqs, starts, 6, chunk_min)
+    got = _decode_logits(m, seqs, starts, 6, layout)
     with torch.no_grad():
         for s, a, g in zip(seqs, starts, got, strict=True):
             full = m(torch.tensor([s[: a + 6]]))[0, a : a + 6]  # (6, V) without any cache
@@ -71,6 +79,19 @@ def test_blocked_products_equal_linear(shape, bias, n, onednn, monkeypatch):
     b = torch.randn(shape[0]) if bias else None
     x = torch.randn(n, shape[1])
     torch.testing.assert_close(_linear(w, b, chunk_min=1)(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n", [1, 3])
+def test_transposed_copy_product_equals_linear_and_follows_no_later_edit(bias, n):
+    torch.manual_seed(0)
+    w, b = torch.randn(97, 41), (torch.randn(97) if bias else None)
+    x = torch.randn(n, 41)
+    product = _linear(w, b, chunk_min=1 << 20, transpose=True)
+    torch.testing.assert_close(product(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    expected = product(x)
+    w.mul_(2.0)  # a copy: the decoder must be rebuilt (FastDecoder.stale) to see this
+    torch.testing.assert_close(product(x), expected)
 
 
 @pytest.mark.parametrize("flavour", [{}, LLAMA], ids=["gpt2", "llama"])
