@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pocketgpt.serve.http import ApiError, now_iso
-from pocketgpt.serve.runner import Job, Runner, embed, start_job
+from pocketgpt.serve.runner import Job, Runner, embed, parse_keep_alive, start_job
 from pocketgpt.serve.store import Store, full_name
 from pocketgpt.serve.tools import check_tools, parse_tool_calls, tools_prompt
 
@@ -159,14 +159,13 @@ async def generate(body: GenerateRequest, request: Request) -> Any:
     """Complete a prompt (through the model's template unless raw); an empty prompt just loads the model."""
     runner = _runner(request)
     if not body.prompt and body.suffix is None:
-        await asyncio.to_thread(runner.load, body.model, body.keep_alive)
-        unload = body.keep_alive is not None and str(body.keep_alive) in ("0", "0s", "0.0")
+        reason = await _load_only(runner, body.model, body.keep_alive)
         return {
             "model": full_name(body.model),
             "created_at": now_iso(),
             "response": "",
             "done": True,
-            "done_reason": "unload" if unload else "load",
+            "done_reason": reason,
         }
     messages = None if body.raw else [{"role": "user", "content": body.prompt}]
     job = await asyncio.to_thread(
@@ -198,19 +197,26 @@ async def generate(body: GenerateRequest, request: Request) -> Any:
     return await _answer(job, request, body.stream, chunk, last)
 
 
+async def _load_only(runner: Runner, model: str, keep_alive: Any) -> str:
+    """Ollama's request with nothing to generate: load the model (or, with keep_alive 0, unload it
+    once idle); returns the done_reason, "load" or "unload"."""
+    await asyncio.to_thread(runner.load, model, keep_alive)
+    return "unload" if parse_keep_alive(keep_alive, runner.default_keep_alive) == 0 else "load"
+
+
 @router.post("/chat")
 async def chat(body: ChatRequest, request: Request) -> Any:
     """Answer the next assistant message of a conversation (with tool calls when `tools` is given)."""
     runner = _runner(request)
     messages = [{"role": m.role, "content": _content(m)} for m in body.messages]
     if not messages:
-        await asyncio.to_thread(runner.load, body.model, body.keep_alive)
+        reason = await _load_only(runner, body.model, body.keep_alive)
         return {
             "model": full_name(body.model),
             "created_at": now_iso(),
             "message": {"role": "assistant", "content": ""},
             "done": True,
-            "done_reason": "load",
+            "done_reason": reason,
         }
     functions = check_tools(body.tools) if body.tools else []
     if functions:

@@ -113,7 +113,12 @@ def test_ps_and_keep_alive(client: ollama.Client, live: LiveServer) -> None:
     assert "tiny:latest" not in {m.model for m in client.ps().models}
     assert client.generate("tiny", "", keep_alive=-1).done_reason == "load"  # empty prompt: just load
     assert "tiny:latest" in {m.model for m in client.ps().models}
-    assert client.generate("tiny", "", keep_alive=0).done_reason == "unload"
+    assert client.generate("tiny", "", keep_alive="0s").done_reason == "unload"
+    assert "tiny:latest" not in {m.model for m in client.ps().models}
+    assert client.chat("tiny", messages=[], keep_alive="1h").done_reason == "load"  # chat too
+    tiny = next(m for m in client.ps().models if m.model == "tiny:latest")
+    assert 3500 < (tiny.expires_at - datetime.now(UTC)).total_seconds() <= 3600
+    assert client.chat("tiny", messages=[], keep_alive=0).done_reason == "unload"
     assert "tiny:latest" not in {m.model for m in client.ps().models}
 
 
