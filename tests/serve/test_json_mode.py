@@ -32,7 +32,7 @@ def dumps(obj: object, ascii_only: bool, separators: tuple[str, str]) -> bytes:
     return json.dumps(obj, ensure_ascii=ascii_only, separators=separators).encode()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(obj=OBJECTS, ascii_only=st.booleans(), separators=SEPARATORS)
 def test_every_json_object_is_accepted_to_the_end(
     obj: dict, ascii_only: bool, separators: tuple[str, str]
@@ -45,7 +45,7 @@ def test_every_json_object_is_accepted_to_the_end(
     assert state[0] == DONE and cost(state) == 0
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(obj=OBJECTS, data=st.data())
 def test_whatever_it_accepts_is_valid_json(obj: dict, data: st.DataObject) -> None:
     text = bytearray(dumps(obj, True, (",", ":")))
