@@ -355,7 +355,7 @@ def start_job(
                 f"the prompt has {len(ids)} tokens but {name}'s context is {loaded.context}; "
                 "shorten the prompt or the conversation"
             )
-        params = loaded.sampling(options, prompt_len=len(ids))
+        params = keep_finite(loaded.sampling(options, prompt_len=len(ids)))
         if logit_bias:
             params.logit_bias = dict(logit_bias)
         mask = _json_mask(slot, params) if json_mode else None
@@ -367,6 +367,29 @@ def start_job(
         runner.release(slot)
         raise
     return Job(runner, slot, handle, len(ids), t0, t_loaded)
+
+
+MIN_TEMPERATURE = 1e-3  # below this, sampling is greedy in all but name, and logits / T overflow float32
+PENALTY_RANGE = 100.0  # |presence|, |frequency| <= 100 and repeat_penalty in [1/100, 100]
+
+
+def keep_finite(params: Any) -> Any:
+    """Refuse (or, for a vanishing temperature, round to greedy) settings whose arithmetic would leave
+    float32 in the sampler: an inf or NaN logit there would fail the engine's step for every request
+    of the model, so a client must not be able to send one. The limits are far past useful values."""
+    if 0 < params.temperature < MIN_TEMPERATURE:
+        params.temperature = 0.0
+    r = params.repetition_penalty
+    if not 1 / PENALTY_RANGE <= r <= PENALTY_RANGE:
+        raise PocketError(f"repeat_penalty {r:g} is out of range; give a number in [0.01, 100] (1 = off)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if abs(getattr(params, name)) > PENALTY_RANGE:
+            raise PocketError(
+                f"{name} {getattr(params, name):g} is out of range; give a number in [-100, 100]"
+            )
+    if params.seed is not None and not -(2**63) <= params.seed < 2**64:
+        raise PocketError(f"seed {params.seed} does not fit in 64 bits; give a smaller integer")
+    return params
 
 
 def _json_mask(slot: Slot, params: Any) -> Any:

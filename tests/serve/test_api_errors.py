@@ -51,6 +51,20 @@ CASES: list[tuple[str, Any, int, str]] = [
         "num_predict",
     ),
     ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"bogus": 1}}, 400, "bogus"),
+    (
+        "/api/generate",
+        {"model": "tiny", "prompt": "x", "options": {"repeat_penalty": 1e-300}},
+        400,
+        "repeat_penalty",
+    ),
+    (
+        "/api/generate",
+        {"model": "tiny", "prompt": "x", "options": {"frequency_penalty": -1e30}},
+        400,
+        "frequency",
+    ),
+    ("/api/generate", {"model": "tiny", "prompt": "x", "options": {"seed": 10**23}}, 400, "seed"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "seed": -(10**23)}, 400, "seed"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "options": [1]}, 400, "options"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "keep_alive": "forever"}, 400, "keep_alive"),
     ("/api/generate", {"model": "tiny", "prompt": "x", "format": "yaml"}, 400, "format"),
@@ -189,3 +203,20 @@ def test_cors_only_for_the_configured_origin(guarded: LiveServer, live: LiveServ
     plain = httpx.get(f"{live.url}/api/tags", headers={"origin": "http://app.example"})  # CORS off by default
     assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
     assert "access-control-allow-origin" not in preflight(live.url, "http://app.example").headers
+
+
+def test_extreme_settings_never_stop_the_model_serving(live: LiveServer) -> None:
+    """Settings whose arithmetic would overflow the sampler are refused or rounded, before the engine:
+    a failed step there would hang every request of the model."""
+    from tests.serve.conftest import reference
+
+    def generate(options: dict) -> httpx.Response:
+        body = {"model": "tiny", "prompt": "Elizabeth", "raw": True, "stream": False, "options": options}
+        return httpx.post(f"{live.url}/api/generate", json=body, timeout=30)
+
+    for options in ({"repeat_penalty": 1e-300}, {"presence_penalty": 1e38}, {"seed": 2**64}):
+        assert generate({**options, "num_predict": 4}).status_code == 400
+    tiny_t = generate({"temperature": 5e-324, "num_predict": 6})  # rounds to greedy
+    greedy = reference(live, "tiny", prompt="Elizabeth", options={"temperature": 0, "num_predict": 6})[0]
+    assert tiny_t.status_code == 200 and tiny_t.json()["response"] == greedy
+    assert generate({"num_predict": 3}).json()["eval_count"] == 3  # still serving
