@@ -131,7 +131,7 @@ class Rollouts:
         self.k, self.i = 0, 0  # rollouts collected, minibatches served from the current one
         self.buffer: dict[str, torch.Tensor] | None = None
         self.stats: dict[str, float] = {}
-        self._engine = None
+        self._engine = None  # rebuilt each rollout (see _generate)
 
     def __iter__(self):
         return self
@@ -231,10 +231,11 @@ class Rollouts:
         from pocketgpt.model import peft
 
         gpt = self.policy.gpt
-        if self._engine is None:
-            self._engine = Engine(
-                gpt, self.tok, max_batch=min(16, len(prompts)), fast=peft.peft_config(gpt) is None
-            )
+        # a fresh Engine per rollout: its fast decode path reads (and for small models copies) the weights
+        # when built, and a fused optimizer step updates them without bumping the versions it checks
+        self._engine = Engine(
+            gpt, self.tok, max_batch=min(16, len(prompts)), fast=peft.peft_config(gpt) is None
+        )
         stop_ids = tuple(self.template.stop_ids(self.tok))
         room = gpt.config.block_size - max(len(p) for p in prompts) - 1
         if room < 1:
