@@ -68,19 +68,19 @@ def unsupported(model: nn.Module) -> str | None:
 
 def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: bool = False):
     """y = x W^T + b as a function of x (n, in) -> (n, out), a C call with no Python frame:
-    - `_Blocked` for a large weight on a CPU (>= chunk_min elements: streamed from memory);
     - `transpose`: `addmm(b, x, W^T)` over a contiguous transposed *copy* of W (in, out), which MKL
       reads 1.2-1.8x faster than `F.linear` reads W for a few rows (tiny preset: the head 72 -> 41 us
       at one row); for small models only (`FastDecoder` decides), where the copies are cheap;
+    - `_Blocked` for a large weight on a CPU (>= chunk_min elements: streamed from memory);
     - else `F.linear` with the weight bound."""
     w, b = w.detach(), None if b is None else b.detach()
     blocks = _divisor(w.size(0), 4, 64) or _divisor(w.size(1), 4, 4)
     on_cpu = w.device.type == "cpu"  # both layouts were measured on CPUs only
-    if on_cpu and w.numel() >= chunk_min and blocks:
-        return _Blocked(w, b)
     if on_cpu and transpose:
         wt = w.t().contiguous()  # (in, out)
         return partial(torch.mm, mat2=wt) if b is None else partial(torch.addmm, b, mat2=wt)
+    if on_cpu and w.numel() >= chunk_min and blocks:
+        return _Blocked(w, b)
     return partial(F.linear, weight=w, bias=b)
 
 
@@ -149,7 +149,7 @@ def _divisor(m: int, lo: int, hi: int) -> int | None:
     return next((d for d in range(lo, hi + 1) if m % d == 0), None)
 
 
-CHUNK_MIN = 1 << 20  # weights of >= 1M elements (4 MB in fp32) stream from memory: block them
+CHUNK_MIN = 1 << 18  # weights of >= 256K elements (1 MB in fp32, GPT-2's 768 x 768 too) stream from memory
 COPY_MAX = 4 << 20  # models of <= 4M parameters (16 MB in fp32, half our L3) decode over transposed copies
 
 
