@@ -62,7 +62,9 @@ def record_pairs(record: Mapping[str, Any]) -> list[Pair]:
     if not isinstance(record, Mapping):
         raise DataError(f"expected a JSON object, got {type(record).__name__}")
     prompt = _prompt(record)
-    meta = {k: v for k, v in record.items() if k not in ("prompt", "chosen", "rejected", "responses", "ranking")}
+    meta = {
+        k: v for k, v in record.items() if k not in ("prompt", "chosen", "rejected", "responses", "ranking")
+    }
     if "chosen" in record or "rejected" in record:
         chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
         return [Pair(prompt, chosen, rejected, meta)]
@@ -71,18 +73,31 @@ def record_pairs(record: Mapping[str, Any]) -> list[Pair]:
     raise DataError("a record needs 'chosen' + 'rejected', or 'responses' + 'ranking'")
 
 
-def ranking_pairs(prompt: Prompt, responses: Sequence[str], ranking: Sequence[int] | None,
-                  meta: Mapping[str, Any] | None = None) -> list[Pair]:
+def ranking_pairs(
+    prompt: Prompt,
+    responses: Sequence[str],
+    ranking: Sequence[int] | None,
+    meta: Mapping[str, Any] | None = None,
+) -> list[Pair]:
     """K responses ranked best first -> the K(K-1)/2 pairs (better, worse), in ranking order."""
     if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
         raise DataError("'responses' must be a list of strings")
     K = len(responses)
     if K < 2:
         raise DataError(f"'responses' has {K} answer(s); a ranking needs at least 2")
-    if not isinstance(ranking, list) or sorted(ranking) != list(range(K)) or any(type(i) is not int for i in ranking):
-        raise DataError(f"'ranking' must list each index 0..{K - 1} of 'responses' once, best first (got {ranking!r})")
-    return [Pair(prompt, responses[ranking[i]], responses[ranking[j]], dict(meta or {}))
-            for i in range(K) for j in range(i + 1, K)]
+    if (
+        not isinstance(ranking, list)
+        or sorted(ranking) != list(range(K))
+        or any(type(i) is not int for i in ranking)
+    ):
+        raise DataError(
+            f"'ranking' must list each index 0..{K - 1} of 'responses' once, best first (got {ranking!r})"
+        )
+    return [
+        Pair(prompt, responses[ranking[i]], responses[ranking[j]], dict(meta or {}))
+        for i in range(K)
+        for j in range(i + 1, K)
+    ]
 
 
 def prompt_messages(prompt: Prompt) -> list[dict[str, str]]:
@@ -98,7 +113,9 @@ def read_preferences(path: str | os.PathLike, on_error: str = "fail") -> Prefere
         raise DataError(f"unknown --on-error {on_error!r}; use skip or fail")
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file; make one with `pocketgpt data preferences --model SFT_MODEL --out {path}`")
+        raise DataError(
+            f"{path}: no such file; make one with `pocketgpt data preferences --model SFT_MODEL --out {path}`"
+        )
     out = PreferenceData()
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -116,8 +133,10 @@ def read_preferences(path: str | os.PathLike, on_error: str = "fail") -> Prefere
             out.pairs += pairs
             out.records += 1
     if not out.pairs:
-        raise DataError(f"{path}: no usable records ({len(out.problems)} bad lines); each line needs "
-                        "'prompt' with 'chosen' + 'rejected', or with 'responses' + 'ranking'")
+        raise DataError(
+            f"{path}: no usable records ({len(out.problems)} bad lines); each line needs "
+            "'prompt' with 'chosen' + 'rejected', or with 'responses' + 'ranking'"
+        )
     return out
 
 
@@ -138,14 +157,20 @@ def rank_responses(example: Mapping[str, Any], responses: Sequence[str]) -> list
     """Indices of `responses` best first, by the example's task scorer (correctness first), then
     the format rules: a non-empty answer beats an empty one, then the length closer to the
     reference's, then the earlier sample (a stable order)."""
+    return sorted(range(len(responses)), key=lambda i: (*rule_key(example, responses[i]), i))
+
+
+def rule_key(example: Mapping[str, Any], answer: str) -> tuple[float, int, int]:
+    """What the ranking rules see of one answer, smaller is better: (-task score, empty?, distance of
+    its length from the reference's). Two answers with the same key tie under the rules."""
     from pocketgpt import tasks
 
-    ref_len = len(str(example.get("output", "")))
-
-    def key(i: int) -> tuple[float, int, int, int]:
-        answer = responses[i].strip()
-        return (-tasks.score(dict(example), answer), int(not answer), abs(len(answer) - ref_len), i)
-    return sorted(range(len(responses)), key=key)
+    answer = answer.strip()
+    return (
+        -tasks.score(dict(example), answer),
+        int(not answer),
+        abs(len(answer) - len(str(example.get("output", "")))),
+    )
 
 
 def _prompt(record: Mapping[str, Any]) -> Prompt:
@@ -156,8 +181,16 @@ def _prompt(record: Mapping[str, Any]) -> Prompt:
         if not p.strip():
             raise DataError("'prompt' is empty")
         return p
-    if isinstance(p, list) and p and all(isinstance(m, dict) and isinstance(m.get("content"), str)
-                                          and m.get("role") in ("system", "user", "assistant", "tool") for m in p):
+    if (
+        isinstance(p, list)
+        and p
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("content"), str)
+            and m.get("role") in ("system", "user", "assistant", "tool")
+            for m in p
+        )
+    ):
         return [{"role": m["role"], "content": m["content"]} for m in p]
     raise DataError("'prompt' must be a string or a list of {role, content} messages")
 

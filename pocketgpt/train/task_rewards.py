@@ -20,7 +20,7 @@ import torch
 
 from pocketgpt import tasks
 from pocketgpt.text.instructions import user_text
-from pocketgpt.text.preferences import rank_responses
+from pocketgpt.text.preferences import rank_responses, rule_key
 
 Item = dict[str, Any]
 
@@ -107,11 +107,13 @@ def sample_answers(
 def preference_records(
     items: Sequence[Mapping[str, Any]], answers: Sequence[Sequence[str]]
 ) -> list[dict[str, Any]]:
-    """One ranking record per item with at least two different answers (duplicates kept once, since a
-    pair of equal texts teaches nothing); the ranking puts correct answers first (rank_responses)."""
+    """One ranking record per item with at least two answers that the rules tell apart; of answers that
+    tie under the rules (the same text, or e.g. two wrong numbers of one length) the first is kept, since
+    a pair the rules cannot order would teach the reward model noise. Correct answers rank first."""
     out = []
     for it, sampled in zip(items, answers, strict=True):
-        distinct = list(dict.fromkeys(sampled))
+        kept = {rule_key(it, a): a for a in reversed(sampled)}.values()  # reversed: a tie's first sample wins
+        distinct = list(dict.fromkeys(a for a in sampled if a in kept))
         if len(distinct) < 2:
             continue
         ranking = rank_responses(it, distinct)
