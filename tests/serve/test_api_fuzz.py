@@ -9,6 +9,7 @@ the same check on every run and takes seconds."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,35 @@ def test_garbage_bodies_get_4xx_everywhere(target: LiveServer, body: bytes) -> N
             check(
                 path, client.request(method, path, content=body, headers={"content-type": "application/json"})
             )
+
+
+FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+SAMPLING = ("temperature", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
+OPTIONS = st.fixed_dictionaries(
+    {},
+    optional={
+        **{name: FLOATS for name in SAMPLING},
+        **{name: st.integers(-(2**70), 2**70) for name in ("top_k", "seed", "num_predict")},
+    },
+)
+
+
+@settings(
+    max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
+@given(options=OPTIONS, json_mode=st.booleans())
+def test_any_numbers_in_the_options_get_an_answer(target: LiveServer, options: dict, json_mode: bool) -> None:
+    """Known option names with any finite numbers: an answer or a 4xx, never a 5xx or a hang (a setting
+    that broke the engine's step would leave this and every later request of the model waiting)."""
+    body = {
+        "model": "tiny",
+        "prompt": "x",
+        "raw": True,
+        "stream": False,
+        "options": options,
+        "format": "json" if json_mode else "",
+    }
+    r = httpx.post(f"{target.url}/api/generate", json=body, timeout=30)
+    check("/api/generate", r)
+    if r.status_code == 200 and json_mode and r.json()["done_reason"] == "stop":
+        assert isinstance(json.loads(r.json()["response"]), dict)
