@@ -22,7 +22,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pocketgpt.serve.http import ApiError, now_iso
-from pocketgpt.serve.runner import Job, Runner, embed, parse_keep_alive, start_job
+from pocketgpt.serve.job import Job, start_job
+from pocketgpt.serve.runner import Runner, embed, parse_keep_alive
 from pocketgpt.serve.store import Store, full_name
 from pocketgpt.serve.tools import check_tools, parse_tool_calls, tools_prompt
 

@@ -25,7 +25,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pocketgpt.serve.http import ApiError, now_unix
-from pocketgpt.serve.runner import Job, Runner, embed, start_job
+from pocketgpt.serve.job import Job, start_job
+from pocketgpt.serve.runner import Runner, embed
 from pocketgpt.serve.store import Store, full_name
 from pocketgpt.serve.tools import check_tools, parse_tool_calls, tools_prompt
 
