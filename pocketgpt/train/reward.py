@@ -160,7 +160,7 @@ def load_reward_model(model_dir: str | os.PathLike, *, device: str | torch.devic
     d = Path(model_dir)
     if not (d / HEAD_FILE).is_file():
         raise ConfigMismatch(f"{d}: no {HEAD_FILE}, so not a reward model; train one with "
-                             f"`pocketgpt reward --model SFT_MODEL --data prefs.jsonl --out {d}`")
+                             f"`pocketgpt reward SFT_MODEL --data prefs.jsonl --out {d}`")
     gpt, tok = peft.load_model_with_adapter(d, merge=True)
     model = RewardModel(gpt)
     found = load_file(str(d / HEAD_FILE))
