@@ -6,7 +6,8 @@ only write one valid JSON object.
     bias.attach(handle)                                # it follows the request's tokens from here
 
 A byte-level automaton reads JSON text (RFC 8259): objects, arrays, strings (escapes, whole UTF-8
-characters), numbers, true/false/null; one space is allowed after `:` and `,`, no other whitespace.
+characters), numbers, true/false/null; whitespace where JSON allows it, at most 32 bytes in a row
+(enough to pretty-print, too little to stall), none before the opening `{`.
 Before every token the request picks, each vocabulary token is run through the automaton from the
 current state; a token that would break the grammar gets -inf. The object is also closed in time:
 `cost(state)` is the fewest bytes that still finish it (a `"`, a `0`, the closing brackets), and a
@@ -27,6 +28,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
 # Modes of the automaton. A state is (mode, stack, aux): `stack` holds the open containers ("o" object,
 # "a" array), innermost last; `aux` is the mode's detail (see `step`).
 START, VALUE, ARR_FIRST, OBJ_FIRST, KEY, STR, COLON, AFTER, NUM, LIT, DONE = range(11)
@@ -38,6 +41,8 @@ DIGITS = frozenset(b"0123456789")
 HEX = frozenset(b"0123456789abcdefABCDEF")
 ESCAPES = frozenset(b'"\\/bfnrtu')
 LITERALS = {ord("t"): b"rue", ord("f"): b"alse", ord("n"): b"ull"}
+WHITESPACE = frozenset(b" \n\r\t")
+MAX_WHITESPACE = 32  # in a row: room for pretty-printing, none for an endless run of blanks
 # UTF-8 lead bytes whose first continuation byte has a narrower range (no overlong forms, no
 # surrogates, nothing past U+10FFFF); every other continuation byte is 0x80-0xBF
 FIRST_CONTINUATION = {0xE0: (0xA0, 0xBF), 0xED: (0x80, 0x9F), 0xF0: (0x90, 0xBF), 0xF4: (0x80, 0x8F)}
@@ -51,25 +56,23 @@ def step(state: State, b: int) -> State | None:
     mode, stack, aux = state
     if mode == START:
         return (OBJ_FIRST, "o", 0) if b == ord("{") else None
-    if mode in (VALUE, ARR_FIRST):  # aux: a space is still allowed (after ":" or ",")
-        if b == ord(" ") and aux:
-            return (mode, stack, 0)
+    if mode in (VALUE, ARR_FIRST, OBJ_FIRST, KEY, COLON, AFTER) and b in WHITESPACE:
+        return (mode, stack, aux + 1) if aux < MAX_WHITESPACE else None  # aux: whitespace so far
+    if mode in (VALUE, ARR_FIRST):
         if mode == ARR_FIRST and b == ord("]"):
             return _close(stack)
         return _begin_value(stack, b)
     if mode in (OBJ_FIRST, KEY):
-        if b == ord(" ") and aux:
-            return (mode, stack, 0)
         if b == ord('"'):
             return (STR, stack, (True, 0, 0, 0, 0))
         return _close(stack) if mode == OBJ_FIRST and b == ord("}") else None
     if mode == STR:
         return _in_string(stack, aux, b)
     if mode == COLON:
-        return (VALUE, stack, 1) if b == ord(":") else None
+        return (VALUE, stack, 0) if b == ord(":") else None
     if mode == AFTER:
         if b == ord(","):
-            return (KEY, stack, 1) if stack[-1] == "o" else (VALUE, stack, 1)
+            return (KEY, stack, 0) if stack[-1] == "o" else (VALUE, stack, 0)
         if b == (ord("}") if stack[-1] == "o" else ord("]")):
             return _close(stack)
         return None
@@ -176,19 +179,32 @@ class JsonVocab:
     """A tokenizer's tokens as bytes, and per automaton state the tokens that may follow it.
     `size`: the model's vocabulary (logit rows), which may be padded past the tokenizer's."""
 
-    MAX_CACHED = 4096
+    MAX_CACHED = 1024
 
     def __init__(self, tokenizer: Any, size: int | None = None) -> None:
         special = set(tokenizer.special_tokens.values())
         self.size = size or tokenizer.vocab_size
         self.bytes = {i: tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size) if i not in special}
-        self._follow: dict[State, list[tuple[int, State]]] = {}
+        self._by_first: dict[int, list[tuple[int, bytes]]] = {}  # tokens grouped by their first byte
+        for i, data in self.bytes.items():
+            if data:
+                self._by_first.setdefault(data[0], []).append((i, data))
+        self._follow: dict[State, tuple[list[tuple[int, State]], int]] = {}
+        self._masks: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def follow(self, state: State) -> list[tuple[int, State]]:
         """(token id, state after it) for every token that keeps the text valid JSON."""
+        return self._follow_and_worst(state)[0]
+
+    def _follow_and_worst(self, state: State) -> tuple[list[tuple[int, State]], int]:
         hit = self._follow.get(state)
         if hit is None:
-            hit = [(i, s) for i, data in self.bytes.items() if data and (s := run(state, data)) is not None]
+            options = []
+            for first, tokens in self._by_first.items():  # one check rules out a whole group
+                after_first = step(state, first)
+                if after_first is not None:
+                    options += [(i, s) for i, data in tokens if (s := run(after_first, data[1:])) is not None]
+            hit = (options, max((cost(s) for _, s in options), default=0))
             if len(self._follow) >= self.MAX_CACHED:
                 self._follow.clear()
             self._follow[state] = hit
@@ -204,6 +220,30 @@ class JsonVocab:
             best = min(cost(s) for _, s in options)
             ok = {i for i, s in options if cost(s) == best}
         return ok
+
+    def blocked(
+        self, state: State, tokens_left: int, stop_ids: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids not `allowed`, as a (size,) bool mask and as a LongTensor of ids. Cached per state
+        while the budget is no constraint (the common case), so a step usually costs one lookup."""
+        if state[0] == DONE:
+            key: Any = (state, stop_ids)
+        elif tokens_left - 1 >= self._follow_and_worst(state)[1]:
+            key = state
+        else:
+            key = None  # near the end of the budget: depends on tokens_left
+        hit = self._masks.get(key) if key is not None else None
+        if hit is None:
+            mask = torch.ones(self.size, dtype=torch.bool)
+            ok = list(self.allowed(state, tokens_left, stop_ids))
+            if ok:
+                mask[torch.tensor(ok)] = False
+            hit = (mask, mask.nonzero().squeeze(1))
+            if key is not None:
+                if len(self._masks) >= self.MAX_CACHED:
+                    self._masks.clear()
+                self._masks[key] = hit
+        return hit
 
 
 class JsonBias:
@@ -225,19 +265,17 @@ class JsonBias:
         self._handle = handle
         self._attached.set()
 
-    def items(self) -> list[tuple[int, float]]:
-        """(token id, bias) pairs for the next pick: -inf for every token the grammar forbids."""
+    def items(self) -> list[tuple[Any, float]]:
+        """(token id, bias) pairs for the next pick: the request's own biases on allowed tokens, and one
+        pair (a LongTensor of every forbidden id, -inf) that the sampler's `logits[token] += bias`
+        applies as a single indexed add instead of one Python step per forbidden token."""
         self._attached.wait(timeout=10)
         tokens = self._handle.tokens if self._handle is not None else []
         for t in tokens[self._seen :]:
             self.state = run(self.state, self.vocab.bytes.get(t, b"")) or (DONE, "", 0)
         self._seen = len(tokens)
-        ok = self.vocab.allowed(self.state, self.params.max_tokens - len(tokens), self.params.stop_ids)
-        return [
-            (i, self.base.get(i, 0.0) if i in ok else float("-inf"))
-            for i in range(self.vocab.size)
-            if i not in ok or i in self.base
-        ]
+        mask, ids = self.vocab.blocked(self.state, self.params.max_tokens - len(tokens), self.params.stop_ids)
+        return [*((i, b) for i, b in self.base.items() if not mask[i]), (ids, float("-inf"))]
 
     # what the engine asks of a logit_bias besides items(): truth (is the request penalised?) and
     # iteration (are its ids inside the vocabulary?)

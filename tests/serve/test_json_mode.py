@@ -1,5 +1,5 @@
 """The JSON automaton behind format=json (serve/json_mode.py), against Python's own `json` module:
-every JSON object it is shown is accepted to the end, nothing it accepts fails `json.loads`, `cost`
+every JSON object it is shown (compact, spaced or pretty-printed) is accepted to the end, nothing it accepts fails `json.loads`, `cost`
 is the true shortest completion, and a random walk through the allowed tokens of a real tokenizer
 always ends in a complete object within its token budget."""
 
@@ -25,20 +25,20 @@ VALUES = st.recursive(
     max_leaves=12,
 )
 OBJECTS = st.dictionaries(st.text(max_size=6), VALUES, max_size=4)
-SEPARATORS = st.sampled_from([(",", ":"), (", ", ": ")])
+SEPARATORS = st.sampled_from([(",", ":"), (", ", ": "), (",\n  ", ":\t")])
 
 
-def dumps(obj: object, ascii_only: bool, separators: tuple[str, str]) -> bytes:
-    return json.dumps(obj, ensure_ascii=ascii_only, separators=separators).encode()
+def dumps(obj: object, ascii_only: bool, separators: tuple[str, str], indent: int | None = None) -> bytes:
+    return json.dumps(obj, ensure_ascii=ascii_only, separators=separators, indent=indent).encode()
 
 
 @settings(max_examples=120, deadline=None)
-@given(obj=OBJECTS, ascii_only=st.booleans(), separators=SEPARATORS)
+@given(obj=OBJECTS, ascii_only=st.booleans(), separators=SEPARATORS, indent=st.sampled_from([None, 2]))
 def test_every_json_object_is_accepted_to_the_end(
-    obj: dict, ascii_only: bool, separators: tuple[str, str]
+    obj: dict, ascii_only: bool, separators: tuple[str, str], indent: int | None
 ) -> None:
     state = INITIAL
-    for b in dumps(obj, ascii_only, separators):
+    for b in dumps(obj, ascii_only, separators, indent):
         assert state[0] != DONE
         state = step(state, b)
         assert state is not None
@@ -51,7 +51,7 @@ def test_whatever_it_accepts_is_valid_json(obj: dict, data: st.DataObject) -> No
     text = bytearray(dumps(obj, True, (",", ":")))
     for _ in range(data.draw(st.integers(1, 3))):  # break it a little: delete, insert or replace a byte
         i = data.draw(st.integers(0, len(text)))
-        byte = data.draw(st.sampled_from(b' {}[]":,0-.eE+tfnul\\x\x80\xe4\n'))
+        byte = data.draw(st.sampled_from(b' {}[]":,0-.eE+tfnul\\x\x80\xe4\n\t\r\x0b\x0c'))
         match data.draw(st.sampled_from(["delete", "insert", "replace"])):
             case "delete" if i < len(text):
                 del text[i]
