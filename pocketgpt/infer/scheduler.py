@@ -10,15 +10,15 @@ its own length, so a newcomer's prompt is prefilled into a free slot while the o
 Each request keeps its own `SamplingParams`, generator, penalty counts and text stream. A prefill
 computes logits for the last position only; decode steps take `fast_decode.FastDecoder` (one token per
 row as plain tensor calls) when the model allows it, the module path otherwise; greedy rows share one
-argmax. Small CPU models run on one intra-op thread (`step_threads`). Single threaded by design:
+argmax. The intra-op thread count comes from `threads.ThreadPolicy`. Single threaded by design:
 `engine.py` adds the locks, the background loop and the handles.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +26,9 @@ import torch
 from pocketgpt.infer.fast_decode import FastDecoder, unsupported
 from pocketgpt.infer.sampling import SamplingParams, apply_penalties, pick
 from pocketgpt.infer.stream import TextStream
+from pocketgpt.infer.threads import SMALL_MODEL_PARAMS, ThreadPolicy, step_threads
+
+__all__ = ["Request", "Scheduler", "SMALL_MODEL_PARAMS", "step_threads"]  # the last two: moved to threads.py
 
 
 @dataclass(eq=False)  # identity, not field-by-field: requests are looked up in lists
@@ -60,7 +63,7 @@ class Scheduler:
     ) -> None:
         """`fast=False` keeps every decode step on the module path (the reference the fast path is tested against)."""
         self.model = model
-        self.threads = threads if threads is not None else step_threads(model)
+        self.thread_policy = ThreadPolicy(model, threads)
         self.max_len = min(max_len or model.config.block_size, model.config.block_size)
         self.cache = model.new_cache(max_batch, self.max_len, ragged=True)
         self.token_bytes = token_bytes
@@ -71,18 +74,15 @@ class Scheduler:
         self.fast: FastDecoder | None = None
         self._refresh_fast()
 
-    @contextmanager
-    def thread_setting(self) -> Iterator[None]:
-        """Use `self.threads` intra-op threads inside the block (the setting is per calling thread),
-        restoring the caller's afterwards. Wrap a whole loop of steps, not each step: switching costs."""
-        before = torch.get_num_threads()
-        if self.threads is not None and self.threads != before:
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            if torch.get_num_threads() != before:
-                torch.set_num_threads(before)
+    @property
+    def threads(self) -> int | None:
+        """Intra-op threads of the steps now (None: the caller's setting); see `threads.py`."""
+        return self.thread_policy.threads
+
+    def thread_setting(self) -> AbstractContextManager[None]:
+        """Use the policy's intra-op threads inside the block (per calling thread), restoring the
+        caller's afterwards. Wrap a whole loop of steps, not each step: switching costs."""
+        return self.thread_policy.setting()
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -105,6 +105,7 @@ class Scheduler:
     def step(self) -> None:
         """Drop cancelled requests, admit waiting ones into free slots, then decode one token for all.
         (Run it inside `with scheduler.thread_setting():` to get the step's intra-op thread count.)"""
+        self.thread_policy.tick()
         for i in reversed(range(len(self.running))):
             if self.running[i].cancelled:
                 self._finish(self.running[i], "cancelled")
@@ -211,18 +212,3 @@ class Scheduler:
                 req.on_event(req, tail)
         req.finish_reason = reason
         req.on_event(req, "")
-
-
-SMALL_MODEL_PARAMS = 20_000_000
-
-
-def step_threads(model: torch.nn.Module) -> int | None:
-    """Intra-op threads for a step: 1 for small models on CPU, else torch's setting (None).
-
-    A decode step of a small model is hundreds of tiny ops; splitting each across threads costs a
-    fork/join per op that the work never repays, and on a busy machine a thread that waits for a
-    descheduled partner stalls the whole op (measured: tiny preset, 2 cores under load, 1 thread
-    650 tok/s vs 2 threads 18-100 tok/s)."""
-    on_cpu = model.tok_emb.weight.device.type == "cpu"
-    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
-    return 1 if on_cpu and small else None
