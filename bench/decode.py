@@ -83,6 +83,8 @@ class Runner:
 
 
 def ours(model_dir: Path, n: int, batch: int = 1, fast: bool = True) -> Runner:
+    import torch
+
     from pocketgpt.infer.engine import Engine
     from pocketgpt.infer.sampling import SamplingParams
     from pocketgpt.model.checkpoint import load_model
@@ -90,7 +92,16 @@ def ours(model_dir: Path, n: int, batch: int = 1, fast: bool = True) -> Runner:
     model, _ = load_model(model_dir)
     engine = Engine(model, max_batch=batch, max_len=len(PROMPT) + n + 1, fast=fast)
     params = SamplingParams(max_tokens=n, temperature=0.0)
-    return Runner(f"ours x{batch}", lambda: engine.generate([PROMPT] * batch, params)[0].tokens, n * batch)
+    threads_used: set[int] = set()  # the engine's thread policy may step on fewer threads on a busy machine
+
+    def run() -> list[int]:
+        tokens = engine.generate([PROMPT] * batch, params)[0].tokens
+        threads_used.add(engine.scheduler.threads or torch.get_num_threads())
+        return tokens
+
+    runner = Runner(f"ours x{batch}", run, n * batch)
+    runner.threads_used = threads_used
+    return runner
 
 
 def hf(model_dir: Path, tmp: Path, n: int) -> Runner:
@@ -155,7 +166,8 @@ def bench_model(preset: str, root: Path, n: int, repeat: int, threads: int) -> l
     print(
         f"{preset}: ours {o1:.1f} tok/s, HF generate {h.rate:.1f}, llama.cpp {c.rate:.1f}; 8 streams {o8:.1f} "
         f"tok/s ({o8 / o1:.2f}x); greedy tokens equal to HF's for {same_hf}/{n}, to llama.cpp's for "
-        f"{same_cpp}/{n}; load average {load_before:.1f} -> {load_after:.1f}"
+        f"{same_cpp}/{n}; load average {load_before:.1f} -> {load_after:.1f}; ours stepped on "
+        f"{sorted(one.threads_used)} thread(s), 8 streams on {sorted(eight.threads_used)}"
     )
     goal_hf, goal_cpp = (3.0, 0.5) if preset == "tiny" else (None, 1.0)
     common = {"bench": "decode", "load_avg": [round(load_before, 2), round(load_after, 2)]}
