@@ -15,7 +15,13 @@ steps on `--n` built-in task examples, then held-out task accuracy (eval/tasks.p
 `--eval-n` examples per task); the base model is scored too. LoRA's share of full SFT's accuracy
 is the issue's ">= 90% with < 5% of the parameters" check.
 
+Or (`--scores METHOD=FILE ...`) the accuracy columns come from `pocketgpt eval-tasks --json` outputs
+of models trained beforehand with `pocketgpt sft` (the CLI runs, one at a time, that
+docs/finetuning.md lists); the table then has one row per method with its timing, memory and
+accuracy (overall, per task, and as a share of full SFT's).
+
     python bench/peft_table.py [--model DIR] [--accuracy] [--sft-steps 300] [--json out.json]
+    python bench/peft_table.py --model runs/tiny --threads 1 --scores full=full.json lora-all=lora.json ...
 
 Without --model the tiny preset is randomly initialised (with a tokenizer trained on the task
 data), and the accuracy numbers then say little; say so when quoting them.
@@ -134,8 +140,9 @@ def time_steps(args) -> list[dict]:
         T = model.config.block_size - (args.n_virtual if m == "prompt" else 0)
         x, y = batch(tok, T, args.batch_size, dev)
         opt = make_optimizer(model, LR[m], 0.0, (0.9, 0.95), torch.device(dev).type)
-        runs[m] = dict(model=model, opt=opt, x=x, y=y, best=float("inf"), peak=0,
-                       act=saved_activation_bytes(model, x, y))
+        runs[m] = dict(
+            model=model, opt=opt, x=x, y=y, best=float("inf"), peak=0, act=saved_activation_bytes(model, x, y)
+        )
 
     def step(run) -> None:
         run["opt"].zero_grad(set_to_none=True)
@@ -163,10 +170,18 @@ def time_steps(args) -> list[dict]:
     for m in METHODS:
         run = runs[m]
         trainable, total = peft.parameter_counts(run["model"])
-        rows.append({"method": m, "trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total,
-                     "ms_per_step": 1000 * run["best"], "state_mb": state_bytes(run["model"], run["opt"]) / 2**20,
-                     "activations_mb": run["act"] / 2**20,
-                     "cuda_peak_mb": run["peak"] / 2**20 if run["peak"] else None})
+        rows.append(
+            {
+                "method": m,
+                "trainable": trainable,
+                "total": total,
+                "trainable_pct": 100.0 * trainable / total,
+                "ms_per_step": 1000 * run["best"],
+                "state_mb": state_bytes(run["model"], run["opt"]) / 2**20,
+                "activations_mb": run["act"] / 2**20,
+                "cuda_peak_mb": run["peak"] / 2**20 if run["peak"] else None,
+            }
+        )
     return rows
 
 
@@ -186,9 +201,19 @@ def accuracy(args) -> dict:
     for m in args.methods.split(","):
         model, tok = fresh(m, args.model, args.device, args.r, args.n_virtual)
         stage = sft_stage(model, tok, convs[50:], convs[:50], batch_size=args.batch_size, seed=0)
-        cfg = TrainConfig(max_steps=args.sft_steps, batch_size=args.batch_size, lr=LR[m], warmup_steps=20,
-                          weight_decay=0.0, eval_every=0, ckpt_every=0, log_every=50, device=args.device,
-                          progress=False, eval_batches=5)
+        cfg = TrainConfig(
+            max_steps=args.sft_steps,
+            batch_size=args.batch_size,
+            lr=LR[m],
+            warmup_steps=20,
+            weight_decay=0.0,
+            eval_every=0,
+            ckpt_every=0,
+            log_every=50,
+            device=args.device,
+            progress=False,
+            eval_batches=5,
+        )
         t0 = time.perf_counter()
         result = train(stage, cfg, tmp / m)
         tuned, tok2 = peft.load_model_with_adapter(tmp / m, device=args.device)
@@ -197,8 +222,11 @@ def accuracy(args) -> dict:
         out[f"{m}_tasks"] = {t["task"]: t["accuracy"] for t in score["tasks"]}
         out[f"{m}_val_loss"] = result.val_loss
         _save_partial(args, out)
-        print(f"{m}: {args.sft_steps} steps in {time.perf_counter() - t0:.0f}s, val loss {result.val_loss:.3f}, "
-              f"task accuracy {100 * score['overall']:.1f}%", file=sys.stderr)
+        print(
+            f"{m}: {args.sft_steps} steps in {time.perf_counter() - t0:.0f}s, val loss {result.val_loss:.3f}, "
+            f"task accuracy {100 * score['overall']:.1f}%",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -217,29 +245,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--r", type=int, default=8, help="LoRA rank (alpha = 2r)")
     ap.add_argument("--n-virtual", type=int, default=16, help="prefix / prompt length")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--accuracy", action="store_true", help="also SFT each method and score the built-in tasks")
+    ap.add_argument(
+        "--accuracy", action="store_true", help="also SFT each method and score the built-in tasks"
+    )
     ap.add_argument("--methods", default="full,lora,prefix,prompt", help="methods for --accuracy")
     ap.add_argument("--sft-steps", type=int, default=300)
     ap.add_argument("--n", type=int, default=4000, help="SFT examples for --accuracy")
     ap.add_argument("--eval-n", type=int, default=25, help="held-out examples per task for --accuracy")
+    ap.add_argument(
+        "--scores",
+        nargs="+",
+        default=[],
+        metavar="METHOD=FILE",
+        help="accuracy from `pocketgpt eval-tasks --json` files (METHOD: base or one of "
+        + ", ".join(METHODS)
+        + ")",
+    )
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
+    scores = read_scores(args.scores)
     torch.set_num_threads(args.threads)
     if not args.model:
         CACHE["random"] = base_model(None, args.device)
     where = args.model or "tiny preset, random init"
     rows = time_steps(args)
-    print(f"\nbase: {where}; device {args.device}; batch {args.batch_size} rows of block_size tokens; "
-          f"best of {args.rounds} rounds x {args.steps} steps; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"\nbase: {where}; device {args.device}; batch {args.batch_size} rows of block_size tokens; "
+        f"best of {args.rounds} rounds x {args.steps} steps; load average {os.getloadavg()[0]:.2f}"
+    )
     print("machine:", json.dumps(machine()), "\n")
-    print("| method | trainable params | % of total | ms / step | train state MB | activations MB | CUDA peak MB |")
+    print(
+        "| method | trainable params | % of total | ms / step | train state MB | activations MB | CUDA peak MB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         peak = f"{r['cuda_peak_mb']:.0f}" if r["cuda_peak_mb"] else "-"
-        print(f"| {r['method']} | {r['trainable']:,} | {r['trainable_pct']:.2f}% | {r['ms_per_step']:.1f} | "
-              f"{r['state_mb']:.2f} | {r['activations_mb']:.1f} | {peak} |")
+        print(
+            f"| {r['method']} | {r['trainable']:,} | {r['trainable_pct']:.2f}% | {r['ms_per_step']:.1f} | "
+            f"{r['state_mb']:.2f} | {r['activations_mb']:.1f} | {peak} |"
+        )
     result = {"base": where, "device": args.device, "machine": machine(), "timing": rows}
-    if args.accuracy:
+    if scores:
+        result["accuracy"] = {m: s["overall"] for m, s in scores.items()}
+        result["accuracy"].update({f"{m}_tasks": s["tasks"] for m, s in scores.items()})
+        print_scores(rows, scores)
+    elif args.accuracy:
         acc = accuracy(args)
         result["accuracy"] = acc
         print("\n| model | held-out task accuracy |\n|---|---:|")
@@ -254,18 +304,76 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def read_scores(specs: list[str]) -> dict[str, dict]:
+    """METHOD=FILE pairs -> {method: {"overall": accuracy, "tasks": {task: accuracy}, "n": per task}}."""
+    out = {}
+    for spec in specs:
+        method, sep, path = spec.partition("=")
+        if not sep or method not in ("base", *METHODS):
+            raise SystemExit(
+                f"--scores {spec!r}: want METHOD=FILE with METHOD base or one of {', '.join(METHODS)}"
+            )
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        out[method] = {
+            "overall": data["overall"],
+            "n": data["n"],
+            "tasks": {t["task"]: t["accuracy"] for t in data["tasks"]},
+        }
+    return out
+
+
+def print_scores(rows: list[dict], scores: dict[str, dict]) -> None:
+    """The one table (parameters, accuracy, time, memory per method) and accuracy per task."""
+    full = scores.get("full", {}).get("overall")
+    print(
+        "\n| method | trainable params | accuracy (overall) | % of full SFT | ms / step | train state MB | "
+        "activations MB |\n|---|---:|---:|---:|---:|---:|---:|"
+    )
+    if "base" in scores:
+        print(f"| base (no fine-tuning) | 0 | {100 * scores['base']['overall']:.1f}% | - | - | - | - |")
+    for r in rows:
+        s = scores.get(r["method"])
+        acc = "-" if s is None else f"{100 * s['overall']:.1f}%"
+        share = "-" if s is None or not full else f"{100 * s['overall'] / full:.0f}%"
+        print(
+            f"| {r['method']} | {r['trainable']:,} ({r['trainable_pct']:.2f}%) | {acc} | {share} | "
+            f"{r['ms_per_step']:.0f} | {r['state_mb']:.2f} | {r['activations_mb']:.1f} |"
+        )
+    names = list(scores)
+    tasks = list(next(iter(scores.values()))["tasks"])
+    print(f"\nheld-out accuracy per task ({next(iter(scores.values()))['n']} examples each, en + zh):\n")
+    print("| task | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names))
+    for t in tasks:
+        print(f"| {t} | " + " | ".join(f"{100 * scores[m]['tasks'].get(t, 0.0):.1f}%" for m in names) + " |")
+    print("| **overall** | " + " | ".join(f"**{100 * scores[m]['overall']:.1f}%**" for m in names) + " |")
+
+
 def closing_line(result: dict) -> dict:
     """The bench contract's last line: LoRA (ours) against full fine-tuning (peer). With accuracy,
-    LoRA's share of full SFT's task accuracy (goal >= 0.9); without, training state, full / LoRA."""
+    LoRA's share of full SFT's task accuracy (goal >= 0.9; lora-all, every block Linear, when it was
+    scored, else lora); without, training state, full / LoRA."""
     t = {r["method"]: r for r in result["timing"]}
     acc = result.get("accuracy") or {}
-    if acc.get("full") and acc.get("lora") is not None:
-        return {"bench": "peft_table", "metric": "task_accuracy_lora_r8", "ours": acc["lora"], "peer": "full SFT",
-                "peer_value": acc["full"], "ratio": round(acc["lora"] / acc["full"], 3),
-                "goal": f">= 0.9 with {t['lora']['trainable_pct']:.2f}% of the parameters trained (< 5%)"}
-    return {"bench": "peft_table", "metric": "train_state_mb_lora_r8", "ours": round(t["lora"]["state_mb"], 2),
-            "peer": "full fine-tuning", "peer_value": round(t["full"]["state_mb"], 2),
-            "ratio": round(t["full"]["state_mb"] / t["lora"]["state_mb"], 2), "goal": "> 1 (less state to train)"}
+    lora = "lora-all" if acc.get("lora-all") is not None else "lora"
+    if acc.get("full") and acc.get(lora) is not None:
+        return {
+            "bench": "peft_table",
+            "metric": f"task_accuracy_{lora.replace('-', '_')}_r8",
+            "ours": acc[lora],
+            "peer": "full SFT",
+            "peer_value": acc["full"],
+            "ratio": round(acc[lora] / acc["full"], 3),
+            "goal": f">= 0.9 with {t[lora]['trainable_pct']:.2f}% of the parameters trained (< 5%)",
+        }
+    return {
+        "bench": "peft_table",
+        "metric": "train_state_mb_lora_r8",
+        "ours": round(t["lora"]["state_mb"], 2),
+        "peer": "full fine-tuning",
+        "peer_value": round(t["full"]["state_mb"], 2),
+        "ratio": round(t["full"]["state_mb"] / t["lora"]["state_mb"], 2),
+        "goal": "> 1 (less state to train)",
+    }
 
 
 if __name__ == "__main__":
