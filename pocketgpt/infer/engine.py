@@ -5,10 +5,13 @@
     for delta in handle: print(delta, end="")        # text deltas, whole characters only
     handle.result()                                  # -> Completion(tokens, text, finish_reason)
 
-`submit` is thread-safe: it queues a request and returns a `RequestHandle` at once. The work happens
-in `step()` (see `scheduler.py`), run either by a background thread (`start()`, what a server wants)
-or by the caller (`generate()` drives the steps itself when no thread runs). `cancel()` on a handle
-frees its slot at the next step. Knows nothing of HTTP or command lines.
+`submit` is thread-safe and never waits for a step: it drops the request into an inbox that the
+stepping thread empties before each step, and returns a `RequestHandle` at once. The work happens in
+`step()` (see `scheduler.py`), run either by a background thread (`start()`, what a server wants) or
+by the caller (`generate()` drives the steps itself when no thread runs). `cancel()` on a handle
+frees its slot at the next step. A step that raises fails the requests it was running (their
+`result()` raises `EngineError` with the cause) and the engine goes on serving the others.
+Knows nothing of HTTP or command lines.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pocketgpt.errors import DataError
+from pocketgpt.errors import DataError, PocketError
 from pocketgpt.infer.sampling import SamplingParams
 from pocketgpt.infer.scheduler import Request, Scheduler
 
@@ -34,6 +37,11 @@ class Completion:
     finish_reason: str = "length"
     prompt_tokens: int = 0
     text: str = ""
+    error: str | None = None  # why generation failed (finish_reason "error")
+
+
+class EngineError(PocketError):
+    """A request failed inside the engine (its step raised); the message names the cause."""
 
 
 class RequestHandle:
@@ -80,11 +88,19 @@ class RequestHandle:
     def tokens(self) -> list[int]:
         return list(self._req.tokens)
 
+    @property
+    def error(self) -> str | None:
+        """Why the request failed inside the engine, or None."""
+        return self._req.error
+
     def result(self, timeout: float | None = None) -> Completion:
-        """Wait for the request to finish and return what it produced."""
+        """Wait for the request to finish and return what it produced; raises `EngineError` if its
+        generation failed."""
         if not self._done.wait(timeout):
             raise TimeoutError("the request did not finish in time; is the engine stepping (engine.start())?")
         r = self._req
+        if r.error is not None:
+            raise EngineError(f"generation failed: {r.error}")
         return Completion(list(r.tokens), r.finish_reason or "length", len(r.prompt), "".join(self._text))
 
 
@@ -114,8 +130,9 @@ class Engine:
             fast=fast,
             token_bytes=tokenizer.token_bytes if tokenizer is not None else None,
         )
-        self._lock = threading.Lock()  # guards the waiting queue between submitters and the stepper
-        self._wake = threading.Condition(self._lock)
+        self._lock = threading.Lock()  # one step at a time (a background loop and callers of step())
+        self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()  # submitted, not yet seen by a step
+        self._wake = threading.Event()  # set by submit and stop: the idle loop looks again
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -128,9 +145,9 @@ class Engine:
         req = Request(prompt, params)
         handle = RequestHandle(req)
         req.on_event = handle._on_event
-        with self._wake:
-            self.scheduler.add(req)
-            self._wake.notify()
+        self.scheduler.prepare(req)  # the request's own state only: no lock needed
+        self._inbox.put(req)
+        self._wake.set()
         return handle
 
     def _check(self, prompt: list[int], params: SamplingParams) -> None:
@@ -149,12 +166,25 @@ class Engine:
             raise DataError("stop strings need text: build the Engine with the model's tokenizer")
 
     # -- stepping ----------------------------------------------------------------------------------
+    def _has_work(self) -> bool:
+        return not self._inbox.empty() or self.scheduler.has_work()
+
+    def _step(self) -> None:
+        """(Lock held.) Move submitted requests into the scheduler, then one step; a step that raises
+        fails the requests it touched, not the engine."""
+        while not self._inbox.empty():
+            self.scheduler.waiting.append(self._inbox.get_nowait())
+        try:
+            self.scheduler.step()
+        except Exception as e:  # noqa: BLE001 - any failure: report it to the requests, keep serving
+            self.scheduler.fail_all(f"{type(e).__name__}: {e}")
+
     def step(self) -> bool:
         """One scheduler step (admit, decode one token per running request); False when idle."""
         with self._lock, self.scheduler.thread_setting():
-            if not self.scheduler.has_work():
+            if not self._has_work():
                 return False
-            self.scheduler.step()
+            self._step()
             return True
 
     def generate(
@@ -165,10 +195,10 @@ class Engine:
         if self._thread is None:
             with self.scheduler.thread_setting():
                 while not all(h.done for h in handles):
-                    with self._lock:  # per step, so other threads may submit in between
-                        if not self.scheduler.has_work():
+                    with self._lock:  # per step, so other threads may step in between
+                        if not self._has_work():
                             break
-                        self.scheduler.step()
+                        self._step()
         return [h.result() for h in handles]
 
     def start(self) -> Engine:
@@ -180,9 +210,8 @@ class Engine:
         return self
 
     def stop(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
+        self._stopping = True
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -192,10 +221,10 @@ class Engine:
             self._serve()
 
     def _serve(self) -> None:
-        while True:
-            with self._wake:
-                while not self._stopping and not self.scheduler.has_work():
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                self.scheduler.step()
+        while not self._stopping:
+            if not self._has_work():
+                self._wake.wait()
+                self._wake.clear()  # a submit after this finds the inbox non-empty at the next look
+                continue
+            with self._lock:
+                self._step()

@@ -17,6 +17,7 @@ Filters work on logits and set the removed entries to -inf, so they compose in t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -140,8 +141,56 @@ def pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generato
     """One row of (already penalised) logits (V,) -> the next token id, greedy or sampled."""
     if params.greedy:
         return int(logits.argmax())
-    probs = filter_logits(logits, params).softmax(dim=-1)  # (V,)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return sample_rows(logits[None], [params], [generator])[0]
+
+
+def _filters(params: SamplingParams, V: int) -> tuple[float, int | None, float | None, float | None]:
+    """The settings that shape a row's distribution, normalised so equal behaviour is an equal key."""
+    k = params.top_k if params.top_k and params.top_k < V else None
+    top_p = params.top_p if params.top_p is not None and params.top_p < 1.0 else None
+    return params.temperature, k, top_p, params.min_p or None
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> list[int]:
+    """Rows of (already penalised) logits (n, V), each with its own settings and generator -> one
+    sampled token id per row (no row may be greedy).
+
+    Rows with the same filters are filtered together as one (m, V) block, so a batch of requests with
+    the server's default settings costs one top-k / softmax / cumsum instead of m. With top-k the
+    rest of the work runs on the k survivors only (top-k values come sorted, so top-p needs no sort
+    of the whole vocabulary). Each row then draws one uniform number from its own generator and
+    takes the token where its cumulative distribution passes it (inverse-CDF sampling): a seed
+    reproduces a request whatever else runs beside it."""
+    n, V = logits.shape
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(_filters(p, V), []).append(i)
+    out = [0] * n
+    for (temperature, k, top_p, min_p), rows in groups.items():
+        x = logits[rows].float() / temperature  # (m, V)
+        ids = None  # column -> token id, when the columns are no longer the vocabulary
+        if k is not None:
+            x, ids = x.topk(k, dim=-1)  # (m, k), largest first
+        if top_p is not None:
+            if ids is None:
+                x, ids = x.sort(dim=-1, descending=True)
+            probs = x.softmax(dim=-1)
+            drop = probs.cumsum(dim=-1) - probs >= top_p  # enough mass before this token already
+            drop[:, 0] = False
+            x = x.masked_fill(drop, float("-inf"))
+        if min_p is not None:
+            x = filter_min_p(x, min_p)
+        cdf = x.softmax(dim=-1).cumsum(dim=-1)  # (m, K)
+        u = torch.cat([torch.rand(1, generator=generators[i], device=x.device) for i in rows])  # (m,)
+        col = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=cdf.size(1) - 1)
+        tokens = col if ids is None else ids.gather(-1, col)  # (m, 1)
+        for i, t in zip(rows, tokens.flatten().tolist(), strict=True):
+            out[i] = t
+    return out
 
 
 def sample_next(

@@ -10,7 +10,7 @@ its own length, so a newcomer's prompt is prefilled into a free slot while the o
 Each request keeps its own `SamplingParams`, generator, penalty counts and text stream. A prefill
 computes logits for the last position only; decode steps take `fast_decode.FastDecoder` (one token per
 row as plain tensor calls) when the model allows it, the module path otherwise; greedy rows share one
-argmax. The intra-op thread count comes from `threads.ThreadPolicy`. Single threaded by design:
+argmax and sampled rows share one batched `sample_rows`. The intra-op thread count comes from `threads.ThreadPolicy`. Single threaded by design:
 `engine.py` adds the locks, the background loop and the handles.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pocketgpt.infer.fast_decode import FastDecoder, unsupported
-from pocketgpt.infer.sampling import SamplingParams, apply_penalties, pick
+from pocketgpt.infer.sampling import SamplingParams, apply_penalties, pick, sample_rows
 from pocketgpt.infer.stream import TextStream
 from pocketgpt.infer.threads import SMALL_MODEL_PARAMS, ThreadPolicy, step_threads
 
@@ -39,7 +39,8 @@ class Request:
     params: SamplingParams
     on_event: Callable[[Request, str], None] = lambda req, delta: None  # new text (or "" on finish)
     tokens: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop", "length" or "cancelled" once done
+    finish_reason: str | None = None  # "stop", "length", "cancelled" or "error" once done
+    error: str | None = None  # why the engine failed this request
     cancelled: bool = False
     stream: TextStream | None = None
     generator: torch.Generator | None = None
@@ -89,6 +90,12 @@ class Scheduler:
 
     def add(self, req: Request) -> None:
         """Prepare a request's sampling state and queue it (it joins at the next step with a free slot)."""
+        self.prepare(req)
+        self.waiting.append(req)
+
+    def prepare(self, req: Request) -> None:
+        """A request's own sampling state (generator, penalty counts, text stream); touches nothing
+        shared, so any thread may call it."""
         p, V = req.params, self.model.config.vocab_size
         req.generator = torch.Generator(device=self.device)
         req.generator.manual_seed(p.seed) if p.seed is not None else req.generator.seed()
@@ -99,7 +106,6 @@ class Scheduler:
             req.counts = torch.zeros(V, dtype=torch.long, device=self.device)
         if self.token_bytes is not None:
             req.stream = TextStream(self.token_bytes, p.stop)
-        self.waiting.append(req)
 
     @torch.no_grad()
     def step(self) -> None:
@@ -150,18 +156,33 @@ class Scheduler:
         else:
             idx = torch.tensor([[r.last] for r in self.running], device=self.device)  # (n, 1)
             logits = self._last_logits(idx, self.cache)  # (n, V)
-        greedy = self._greedy_picks(logits)
-        for i, (req, row_logits) in enumerate(zip(list(self.running), logits, strict=True)):
-            self._emit(req, row_logits, greedy[i])
+        picks = self._picks(logits)
+        for req, token in zip(list(self.running), picks, strict=True):
+            self._emit(req, token=token)
 
-    def _greedy_picks(self, logits: torch.Tensor) -> list[int | None]:
-        """The argmax of every row at once (one call, one host copy) for rows that pick greedily
-        without penalties; None for the rest, which `pick` samples one by one."""
-        plain = [r.params.greedy and not r.params.penalised for r in self.running]
-        if not any(plain):
-            return [None] * len(plain)
-        best = logits.argmax(dim=-1).tolist()  # (n,)
-        return [t if ok else None for t, ok in zip(best, plain, strict=True)]
+    def _picks(self, logits: torch.Tensor) -> list[int]:
+        """The next token of every running row from the step's logits (n, V): penalties per row
+        (they depend on each row's history), then one argmax for all greedy rows and one batched
+        `sample_rows` for the sampled ones (rows with equal filters share the filtering work)."""
+        rows = list(logits.unbind(0))
+        for i, req in enumerate(self.running):
+            if req.params.penalised:
+                rows[i] = apply_penalties(rows[i], req.params, req.seen, req.counts)
+        out = [0] * len(rows)
+        greedy = [i for i, r in enumerate(self.running) if r.params.greedy]
+        sampled = [i for i, r in enumerate(self.running) if not r.params.greedy]
+        if greedy:
+            best = torch.stack([rows[i] for i in greedy]).argmax(dim=-1).tolist()
+            for i, t in zip(greedy, best, strict=True):
+                out[i] = t
+        if sampled:
+            block = torch.stack([rows[i] for i in sampled])  # (m, V)
+            tokens = sample_rows(
+                block, [self.running[i].params for i in sampled], [self.running[i].generator for i in sampled]
+            )
+            for i, t in zip(sampled, tokens, strict=True):
+                out[i] = t
+        return out
 
     def _last_logits(self, idx: torch.Tensor, cache) -> torch.Tensor:
         """idx (B, T) -> logits of the last position only (B, V): the prompt's other T-1 rows of the
@@ -169,7 +190,7 @@ class Scheduler:
         h = self.model.hidden(idx, cache=cache)  # (B, T, C)
         return self.model.lm_head(h[:, -1])  # (B, V)
 
-    def _emit(self, req: Request, logits: torch.Tensor, token: int | None = None) -> None:
+    def _emit(self, req: Request, logits: torch.Tensor | None = None, token: int | None = None) -> None:
         """Pick the next token from logits (V,) (unless already `token`), record it, and finish the
         request if it is done."""
         p = req.params
@@ -204,6 +225,17 @@ class Scheduler:
         self.running.pop()
         self.cache.n = len(self.running)
         self._done(req, reason)
+
+    def fail_all(self, error: str) -> None:
+        """A step raised: every running and waiting request ends as "error" with the cause, their
+        slots are freed, and the scheduler is ready for new requests."""
+        for req in [*self.running, *self.waiting]:
+            req.error = error
+            req.finish_reason = "error"
+            req.on_event(req, "")
+        self.running.clear()
+        self.waiting.clear()
+        self.cache.n = 0
 
     def _done(self, req: Request, reason: str) -> None:
         if req.stream is not None and reason != "cancelled":

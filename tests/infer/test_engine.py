@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from pocketgpt.errors import DataError
+from pocketgpt.errors import DataError, PocketError
 from pocketgpt.infer.engine import Engine
 from pocketgpt.infer.generate import generate
 from pocketgpt.infer.sampling import SamplingParams
@@ -149,3 +149,38 @@ def test_bad_requests_are_refused_with_a_fix():
         engine.submit([1000], SamplingParams())
     with pytest.raises(DataError, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+class _Exploding(dict):
+    """A logit_bias that raises when the sampler reads it: a fault inside one engine step."""
+
+    def items(self):
+        raise RuntimeError("bias table unreadable")
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving():
+    m = tiny_gpt()
+    engine = Engine(m, max_batch=4).start()
+    try:
+        bad = engine.submit([1, 2, 3], SamplingParams(max_tokens=5, logit_bias=_Exploding({7: 1.0})))
+        with pytest.raises(PocketError, match="generation failed: RuntimeError: bias table unreadable"):
+            bad.result(timeout=10)
+        assert bad.error and bad.done
+        params = SamplingParams(max_tokens=6, temperature=0.0)
+        after = engine.submit([1, 2, 3], params).result(timeout=10)  # the same engine goes on
+        assert after.tokens == _alone(m, [1, 2, 3], params).tokens and len(after.tokens) == 6
+    finally:
+        engine.stop()
+
+
+def test_submit_never_waits_for_a_step():
+    """A step holds the engine's lock for its whole length; submitting must not need that lock."""
+    m = tiny_gpt()
+    engine = Engine(m, max_batch=2)
+    done = threading.Event()
+    with engine._lock:  # as if a long step were running
+        t = threading.Thread(target=lambda: (engine.submit([1, 2], SamplingParams(max_tokens=2)), done.set()))
+        t.start()
+        assert done.wait(5), "submit blocked on the stepping lock"
+    t.join()
+    assert engine.generate([[3, 4]], SamplingParams(max_tokens=2, temperature=0.0))[0].tokens

@@ -11,10 +11,13 @@ from pocketgpt.infer.generate import generate
 from pocketgpt.infer.sampling import (
     SamplingParams,
     apply_penalties,
+    filter_logits,
     filter_min_p,
     filter_top_k,
     filter_top_p,
+    pick,
     sample_next,
+    sample_rows,
 )
 from pocketgpt.model.gpt import GPT
 
@@ -131,3 +134,32 @@ def test_penalties_steer_generation():
     assert len(set(plain.tokens)) < 12
     forced = generate(m, [1, 2, 3], max_tokens=5, temperature=0.0, logit_bias={7: 1000.0})
     assert forced.tokens == [7] * 5
+
+
+def test_sample_rows_draws_from_the_filtered_distribution():
+    """Inverse-CDF sampling on the top-k survivors == softmax of filter_logits (the reference)."""
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
+    for p in [
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.3, top_k=5),
+        SamplingParams(top_k=6, top_p=0.8),
+        SamplingParams(top_p=0.9, min_p=0.1),
+    ]:
+        n = 20000
+        g = torch.Generator().manual_seed(0)
+        draws = torch.tensor(sample_rows(logits.repeat(n, 1), [p] * n, [g] * n))
+        freq = torch.bincount(draws, minlength=8).double() / n
+        want = filter_logits(logits, p).softmax(-1).double()
+        assert torch.allclose(freq, want, atol=0.015), (p, freq, want)
+        assert set(draws.tolist()) <= _support(filter_logits(logits, p))
+
+
+def test_sample_rows_each_row_depends_only_on_its_own_seed():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 40, generator=g)
+    params = [SamplingParams(top_k=10, top_p=0.9, temperature=0.8)] * 3 + [
+        SamplingParams(temperature=1.1)
+    ] * 3
+    together = sample_rows(logits, params, [torch.Generator().manual_seed(s) for s in range(6)])
+    alone = [pick(logits[i], params[i], torch.Generator().manual_seed(i)) for i in range(6)]
+    assert together == alone
