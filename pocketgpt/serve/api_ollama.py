@@ -277,11 +277,15 @@ async def _answer(
 
     async def lines() -> AsyncIterator[bytes]:
         held = []  # with tools the answer is parsed whole, so it is sent in the last line
-        async for d in job.deltas(request.is_disconnected):
-            if buffer:
-                held.append(d)
-            else:
-                yield _line(chunk(d))
+        try:
+            async for d in job.deltas(request.is_disconnected):
+                if buffer:
+                    held.append(d)
+                else:
+                    yield _line(chunk(d))
+        except ApiError as e:  # the status line is sent already: Ollama ends such a stream with an error line
+            yield _line({"error": str(e)})
+            return
         yield _line(last("".join(held)))
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")

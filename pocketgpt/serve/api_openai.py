@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from pocketgpt.serve.http import ApiError, now_unix
+from pocketgpt.serve.http import ApiError, now_unix, openai_error
 from pocketgpt.serve.job import Job, start_job
 from pocketgpt.serve.runner import Runner, embed
 from pocketgpt.serve.store import Store, full_name
@@ -224,11 +224,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     async def events() -> AsyncIterator[bytes]:
         yield _sse(chunk({"role": "assistant", "content": ""}))
         held = []
-        async for d in job.deltas(request.is_disconnected):
-            if functions:
-                held.append(d)
-            else:
-                yield _sse(chunk({"content": d}))
+        try:
+            async for d in job.deltas(request.is_disconnected):
+                if functions:
+                    held.append(d)
+                else:
+                    yield _sse(chunk({"content": d}))
+        except ApiError as e:  # the status line is sent already: the error goes in the stream
+            yield _sse(openai_error(str(e), e.status))
+            return
         msg, reason = message("".join(held))
         if functions and "tool_calls" in msg:
             calls = [{"index": i, **c} for i, c in enumerate(msg["tool_calls"])]
@@ -296,8 +300,12 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     async def events() -> AsyncIterator[bytes]:
         if head:
             yield _sse(chunk(head))
-        async for d in job.deltas(request.is_disconnected):
-            yield _sse(chunk(d))
+        try:
+            async for d in job.deltas(request.is_disconnected):
+                yield _sse(chunk(d))
+        except ApiError as e:
+            yield _sse(openai_error(str(e), e.status))
+            return
         yield _sse(chunk("", reason()))
         if body.stream_options and body.stream_options.include_usage:
             yield _sse(

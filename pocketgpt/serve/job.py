@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pocketgpt.errors import PocketError
+from pocketgpt.serve.http import ApiError
 from pocketgpt.serve.runner import Runner, Slot, parse_keep_alive
 
 IGNORED_OPTIONS = {
@@ -66,7 +67,8 @@ class Job:
             self.runner.release(self.slot)
 
     async def deltas(self, disconnected: Any) -> Any:
-        """The text deltas as they come; the lease ends when they do (or the client leaves)."""
+        """The text deltas as they come; the lease ends when they do (or the client leaves). Raises
+        ApiError (500) at the end if the engine failed the generation."""
         try:
             async for d in follow(self.handle, disconnected):
                 if self.t_first is None:
@@ -74,6 +76,8 @@ class Job:
                 yield d
         finally:
             self.finish()
+        if self.handle.error is not None:
+            raise ApiError(500, f"generation failed in the engine: {self.handle.error}")
 
     @property
     def eval_count(self) -> int:
@@ -81,7 +85,9 @@ class Job:
 
     @property
     def finish_reason(self) -> str:
-        return self.handle.result(timeout=0).finish_reason if self.handle.done else "length"
+        if not self.handle.done:
+            return "length"
+        return "error" if self.handle.error is not None else self.handle.result(timeout=0).finish_reason
 
     def ollama_stats(self) -> dict[str, int]:
         """Ollama's statistics: counts and durations in nanoseconds."""
