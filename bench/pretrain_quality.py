@@ -56,7 +56,6 @@ class Contestant:
         model = self.stage.model.eval()
         src = self.stage.batches("val", 0, 1)
         self.val_loss = sum(float(self.stage.loss(model, next(src))) for _ in range(batches)) / batches
-        self.curve.append((self.seconds, self.val_loss))
         return self.val_loss
 
     def slice(self, minutes: float) -> None:
@@ -75,16 +74,20 @@ class Contestant:
         print(f"  {self.name:5s} {self.seconds:6.0f} s  step {self.steps:5d}  val loss {self.val_loss:.4f}", flush=True)
 
 
-def plot(curves: dict[str, list[tuple[float, float]]], png: Path, title: str) -> None:
+def plot(contestants: dict[str, Contestant], png: Path, title: str) -> None:
+    """Each model's periodic val loss (eval batches of its own) against training seconds, and its final
+    val loss on the shared batches as a star (the number the JSON line compares)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for name, pts in curves.items():
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", ms=3, label=name)
+    for name, c in contestants.items():
+        if c.curve:
+            (line,) = ax.plot(*zip(*c.curve, strict=True), "o-", ms=3, label=name)
+            ax.plot([c.seconds], [c.val_loss], "*", ms=12, color=line.get_color(),
+                    label=f"{name.split(' (')[0]} final, shared batches: {c.val_loss:.3f}")
     ax.set_xlabel("training seconds")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in ((r_ours, r_hf) if k % 2 == 0 else (r_hf, r_ours)):
                 c.slice(args.minutes / args.slices)
         r_ours.final_val(), r_hf.final_val()
-    plot({f"pocketgpt ({r_ours.steps} steps)": r_ours.curve, f"HF GPT2LMHeadModel ({r_hf.steps} steps)": r_hf.curve},
+    plot({f"pocketgpt ({r_ours.steps} steps)": r_ours, f"HF GPT2LMHeadModel ({r_hf.steps} steps)": r_hf},
          args.png, f"same data, {args.minutes:g} min each, 2 CPU threads")
     print(f"ours: {r_ours.steps} steps, val loss {r_ours.val_loss:.4f}")
     print(f"hf:   {r_hf.steps} steps, val loss {r_hf.val_loss:.4f}")

@@ -15,7 +15,8 @@ from pocketgpt.errors import PocketError
 
 # Verb groups are the modules of pocketgpt/commands/, found automatically (a new verb is a new module
 # with `register(sub)`); this list only fixes the order of the recipe in `--help`.
-ORDER = ["data", "clean", "tokenizer", "tokenize", "ngram", "train", "model", "eval", "interop"]
+ORDER = ["data", "clean", "tokenizer", "tokenize", "ngram", "train", "finetune", "rlhf", "model", "eval",
+         "eval_tasks", "interop", "store", "serve", "transfer"]
 
 
 def command_modules() -> list[str]:
@@ -29,11 +30,18 @@ def command_modules() -> list[str]:
 
 
 EXAMPLES = """\
-the recipe, step by step:
-  pocketgpt data fetch                          build the default corpora (Austen, People's Daily, Tang poems)
-  pocketgpt tokenizer train --vocab-size 4096 --out tok/
+the recipe, step by step (each takes minutes on a 2-core laptop):
+  pocketgpt data fetch                                   the default corpora (Austen, People's Daily, Tang poems)
   pocketgpt tokenizer show --tokenizer gpt2 "strawberry 里有几个 r"
-  pocketgpt ngram --n 3 --words --corpus austen --generate 30
+  pocketgpt pretrain --preset tiny --out runs/tiny        clean, tokenize, train (<= 5 min)
+  pocketgpt generate runs/tiny "It is a truth" --max-tokens 40
+  pocketgpt sft runs/tiny --data builtin --out runs/tiny-sft
+  pocketgpt eval-tasks runs/tiny-sft
+  pocketgpt data preferences --model runs/tiny-sft --out prefs.jsonl
+  pocketgpt reward runs/tiny-sft --data prefs.jsonl --out runs/tiny-rm
+  pocketgpt ppo --policy runs/tiny-sft --reward runs/tiny-rm --out runs/tiny-ppo
+  pocketgpt create tiny-chat --from runs/tiny-ppo && pocketgpt run tiny-chat
+  pocketgpt serve                                        Ollama (/api) and OpenAI (/v1) APIs on :11434
 run `pocketgpt VERB --help` for a verb's options and an example."""
 
 
