@@ -112,16 +112,38 @@ def apply_penalties(
 ) -> torch.Tensor:
     """logits (V,) -> a penalised copy. `seen` (V,) bool: in prompt or output; `generated_counts` (V,):
     how often each token was generated so far."""
+    return penalise_rows(logits[None], [params], [seen], [generated_counts])[0]
+
+
+def penalise_rows(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    seen: Sequence[torch.Tensor | None],
+    counts: Sequence[torch.Tensor | None],
+) -> torch.Tensor:
+    """logits (n, V) -> a float32 penalised copy, each row with its own settings and history (`seen`,
+    `counts` as in `apply_penalties`, per row). Logit biases go row by row (they are sparse); the
+    repetition, presence and frequency penalties are one masked op over all the rows that use them."""
     logits = logits.float().clone()
-    for token, bias in params.logit_bias.items():
-        logits[token] += bias
-    r = params.repetition_penalty
-    if r != 1.0 and seen is not None:
-        scaled = torch.where(logits > 0, logits / r, logits * r)
-        logits = torch.where(seen, scaled, logits)
-    if generated_counts is not None and (params.presence_penalty or params.frequency_penalty):
-        counts = generated_counts.to(logits.dtype)
-        logits -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(logits.dtype)
+    for i, p in enumerate(params):
+        for token, bias in p.logit_bias.items():
+            logits[i, token] += bias
+    rep = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0 and seen[i] is not None]
+    if rep:
+        x = logits[rep]  # (m, V)
+        r = torch.tensor([params[i].repetition_penalty for i in rep], device=x.device)[:, None]  # (m, 1)
+        hit = torch.stack([seen[i] for i in rep])  # (m, V)
+        logits[rep] = torch.where(hit, torch.where(x > 0, x / r, x * r), x)
+    pf = [
+        i
+        for i, p in enumerate(params)
+        if counts[i] is not None and (p.presence_penalty or p.frequency_penalty)
+    ]
+    if pf:
+        c = torch.stack([counts[i] for i in pf]).to(logits.dtype)  # (m, V)
+        freq = torch.tensor([params[i].frequency_penalty for i in pf], device=c.device)[:, None]
+        pres = torch.tensor([params[i].presence_penalty for i in pf], device=c.device)[:, None]
+        logits[pf] -= freq * c + pres * (c > 0).to(c.dtype)
     return logits
 
 

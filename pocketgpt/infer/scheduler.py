@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pocketgpt.infer.fast_decode import FastDecoder, unsupported
-from pocketgpt.infer.sampling import SamplingParams, apply_penalties, pick, sample_rows
+from pocketgpt.infer.sampling import SamplingParams, apply_penalties, penalise_rows, pick, sample_rows
 from pocketgpt.infer.stream import TextStream
 from pocketgpt.infer.threads import SMALL_MODEL_PARAMS, ThreadPolicy, step_threads
 
@@ -161,24 +161,28 @@ class Scheduler:
             self._emit(req, token=token)
 
     def _picks(self, logits: torch.Tensor) -> list[int]:
-        """The next token of every running row from the step's logits (n, V): penalties per row
-        (they depend on each row's history), then one argmax for all greedy rows and one batched
-        `sample_rows` for the sampled ones (rows with equal filters share the filtering work)."""
-        rows = list(logits.unbind(0))
-        for i, req in enumerate(self.running):
-            if req.params.penalised:
-                rows[i] = apply_penalties(rows[i], req.params, req.seen, req.counts)
-        out = [0] * len(rows)
-        greedy = [i for i, r in enumerate(self.running) if r.params.greedy]
-        sampled = [i for i, r in enumerate(self.running) if not r.params.greedy]
+        """The next token of every running row from the step's logits (n, V): the penalties of all
+        penalised rows in one `penalise_rows` (each with its own history), then one argmax for all
+        greedy rows and one batched `sample_rows` for the sampled ones."""
+        reqs = self.running
+        pen = [i for i, r in enumerate(reqs) if r.params.penalised]
+        if pen:
+            logits = logits.float().clone()
+            logits[pen] = penalise_rows(
+                logits[pen],
+                [reqs[i].params for i in pen],
+                [reqs[i].seen for i in pen],
+                [reqs[i].counts for i in pen],
+            )
+        out = [0] * len(reqs)
+        greedy = [i for i, r in enumerate(reqs) if r.params.greedy]
+        sampled = [i for i, r in enumerate(reqs) if not r.params.greedy]
         if greedy:
-            best = torch.stack([rows[i] for i in greedy]).argmax(dim=-1).tolist()
-            for i, t in zip(greedy, best, strict=True):
+            for i, t in zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True):
                 out[i] = t
         if sampled:
-            block = torch.stack([rows[i] for i in sampled])  # (m, V)
             tokens = sample_rows(
-                block, [self.running[i].params for i in sampled], [self.running[i].generator for i in sampled]
+                logits[sampled], [reqs[i].params for i in sampled], [reqs[i].generator for i in sampled]
             )
             for i, t in zip(sampled, tokens, strict=True):
                 out[i] = t

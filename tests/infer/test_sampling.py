@@ -15,6 +15,7 @@ from pocketgpt.infer.sampling import (
     filter_min_p,
     filter_top_k,
     filter_top_p,
+    penalise_rows,
     pick,
     sample_next,
     sample_rows,
@@ -163,3 +164,25 @@ def test_sample_rows_each_row_depends_only_on_its_own_seed():
     together = sample_rows(logits, params, [torch.Generator().manual_seed(s) for s in range(6)])
     alone = [pick(logits[i], params[i], torch.Generator().manual_seed(i)) for i in range(6)]
     assert together == alone
+
+
+def test_penalise_rows_gives_each_row_its_own_penalties():
+    """Rows with different settings and histories, penalised together == each penalised alone."""
+    g = torch.Generator().manual_seed(2)
+    V = 30
+    logits = torch.randn(4, V, generator=g) * 3
+    params = [
+        SamplingParams(repetition_penalty=1.3),
+        SamplingParams(),
+        SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, logit_bias={3: 2.0}),
+        SamplingParams(repetition_penalty=0.7, frequency_penalty=1.0),
+    ]
+    seen = [torch.rand(V, generator=g) < 0.3 for _ in params]
+    counts = [torch.randint(0, 3, (V,), generator=g) for _ in params]
+    together = penalise_rows(logits, params, seen, counts)
+    for i, p in enumerate(params):
+        alone = apply_penalties(logits[i], p, seen[i], counts[i])
+        assert torch.equal(together[i], alone), i
+    x, r = logits[0], 1.3  # row 0 by hand: seen positives divided by r, seen negatives multiplied
+    assert torch.allclose(together[0], torch.where(seen[0], torch.where(x > 0, x / r, x * r), x))
+    assert torch.equal(together[1], logits[1])
