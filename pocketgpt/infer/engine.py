@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +52,7 @@ class RequestHandle:
         self._deltas: queue.Queue[str | None] = queue.Queue()
         self._done = threading.Event()
         self._text: list[str] = []
+        self._notify: Callable[[], None] | None = None
 
     def _on_event(self, req: Request, delta: str) -> None:  # called by the engine's stepping thread
         if delta:
@@ -60,6 +61,14 @@ class RequestHandle:
         if req.finish_reason is not None:
             self._done.set()
             self._deltas.put(None)
+        if self._notify is not None and (delta or req.finish_reason is not None):
+            self._notify()
+
+    def notify(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` (from the engine's thread, so it must be quick and thread-safe) whenever
+        new text is queued or the request ends: a consumer can wait for that instead of polling.
+        Text queued before this call is not announced; read `ready()` once after registering."""
+        self._notify = callback
 
     def __iter__(self) -> Iterator[str]:
         while (delta := self._deltas.get()) is not None:

@@ -115,23 +115,36 @@ class Scheduler:
         for i in reversed(range(len(self.running))):
             if self.running[i].cancelled:
                 self._finish(self.running[i], "cancelled")
-        while self.waiting and len(self.running) < self.cache.n_slots:
-            self._admit(self.waiting.popleft())
+        admit = []
+        while self.waiting and len(self.running) + len(admit) < self.cache.n_slots:
+            req = self.waiting.popleft()
+            if req.cancelled or req.params.max_tokens == 0:
+                self._done(req, "cancelled" if req.cancelled else "length")
+            else:
+                admit.append(req)
+        if admit:
+            self._admit(admit)
         if self.running:
             self._decode()
 
-    def _admit(self, req: Request) -> None:
-        if req.cancelled or req.params.max_tokens == 0:
-            return self._done(req, "cancelled" if req.cancelled else "length")
+    def _admit(self, reqs: list[Request]) -> None:
+        """Prefill new requests into free slots, prompts of one length together in one forward (a
+        burst of requests from one template costs one prefill, not one each), and pick their first
+        tokens."""
         self._refresh_fast()
-        i = len(self.running)
-        self.cache.n = i + 1
-        self.running.append(req)
-        row = self.cache.row(i)
-        row.pos = 0
-        logits = self._last_logits(torch.tensor([req.prompt], device=self.device), row)[0]  # (V,) prefill
-        self.cache.set_length(i, len(req.prompt))
-        self._emit(req, logits)
+        by_len: dict[int, list[Request]] = {}
+        for req in reqs:
+            by_len.setdefault(len(req.prompt), []).append(req)
+        for length, group in by_len.items():
+            i, m = len(self.running), len(group)
+            self.running += group
+            self.cache.n = i + m
+            idx = torch.tensor([r.prompt for r in group], device=self.device)  # (m, T)
+            logits = self._last_logits(idx, self.cache.rows(i, m))  # (m, V)
+            for j in range(m):
+                self.cache.set_length(i + j, length)
+            for req, row_logits in zip(group, logits, strict=True):
+                self._emit(req, row_logits)
 
     def _refresh_fast(self) -> None:
         """(Re)read the weights for the fast path when they changed since the last request (a policy

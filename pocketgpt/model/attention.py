@@ -147,7 +147,8 @@ class SlotKVCache:
     key/value at that row's own position, and attends over the buffer with a mask `j <= lengths[b]`
     (the pad-free analogue of left padding). Active rows are kept packed in slots 0..n-1 (a finished
     row is replaced by the last one, `move`), so a step works on plain views `[:n]`, never a gather.
-    A prompt is prefilled through `row(i)`, a batch-1 `KVCache` view of slot i.
+    A prompt is prefilled through `row(i)`, a batch-1 `KVCache` view of slot i (prompts of one length
+    together through `rows(i, m)`).
     """
 
     def __init__(self, n_layer: int, n_slots: int, n_kv_head: int, max_len: int, head_dim: int,
@@ -181,6 +182,11 @@ class SlotKVCache:
     def row(self, i: int) -> KVCache:
         """Slot i as a batch-1 `KVCache` (views, positions continue at its length)."""
         return KVCache.over(self.k[:, i : i + 1], self.v[:, i : i + 1], self.lens[i])
+
+    def rows(self, i: int, m: int) -> KVCache:
+        """Empty slots i..i+m-1 as a batch-m `KVCache` from position 0 (prefilling m prompts of one
+        length in one forward)."""
+        return KVCache.over(self.k[:, i : i + m], self.v[:, i : i + m], 0)
 
     def set_length(self, i: int, n: int) -> None:
         self.lens[i] = n

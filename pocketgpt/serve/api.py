@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pocketgpt.errors import PocketError
 from pocketgpt.serve.http import error_body, status_of
-from pocketgpt.serve.runner import Runner
+from pocketgpt.serve.runner import Runner, settle_gc
 from pocketgpt.serve.store import ModelNotFound, Store
 
 MAX_BODY = 8 << 20  # bytes of JSON a request may send (blob uploads are exempt)
@@ -53,6 +53,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        settle_gc()  # a server keeps these objects for its life: no full collection should rescan them
         yield
         runner.close()
 

@@ -192,19 +192,30 @@ def _start_id(tokenizer: Any) -> int:
     return tokenizer.special_tokens.get("<|endoftext|>", 0)
 
 
-async def follow(handle: Any, disconnected: Any, poll: float = 0.002, check_every: float = 0.1) -> Any:
-    """Async-iterate a RequestHandle's text deltas without a thread per request. Cancels the
-    generation when the consumer stops iterating (a streaming response whose client left) or when
-    `await disconnected()` turns true, asked every `check_every` seconds (a whole-answer request
-    whose client gave up: nothing is being sent, so only asking notices)."""
+async def follow(handle: Any, disconnected: Any, check_every: float = 0.1) -> Any:
+    """Async-iterate a RequestHandle's text deltas without a thread per request and without polling:
+    the engine's thread wakes this coroutine (`handle.notify` -> `call_soon_threadsafe`) when text is
+    ready. Cancels the generation when the consumer stops iterating (a streaming response whose client
+    left) or when `await disconnected()` turns true, asked every `check_every` seconds (a whole-answer
+    request whose client gave up: nothing is being sent, so only asking notices)."""
     import asyncio
 
-    idle, next_check = 0, time.monotonic() + check_every
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+
+    def wake() -> None:  # engine thread
+        try:
+            loop.call_soon_threadsafe(ready.set)
+        except RuntimeError:  # the loop closed (server shutting down): nobody is waiting any more
+            pass
+
+    handle.notify(wake)
+    next_check = time.monotonic() + check_every
     try:
         while True:
+            ready.clear()  # before reading, so text that lands after the read wakes the next wait
             done = handle.done
-            deltas = handle.ready()
-            for d in deltas:
+            for d in handle.ready():
                 yield d
             if done:
                 return
@@ -212,8 +223,9 @@ async def follow(handle: Any, disconnected: Any, poll: float = 0.002, check_ever
                 if await disconnected():
                     return
                 next_check = time.monotonic() + check_every
-            idle = 0 if deltas else idle + 1
-            await asyncio.sleep(poll if idle < 100 else 0.01)  # back off while the engine is busy elsewhere
+            timer = loop.call_later(max(next_check - time.monotonic(), 0.0), ready.set)
+            await ready.wait()
+            timer.cancel()
     finally:
         if not handle.done:
             handle.cancel()

@@ -80,6 +80,19 @@ class Slot:
         return datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")
 
 
+def settle_gc() -> None:
+    """Move every object alive now out of the cyclic garbage collector's sight (`gc.freeze`).
+
+    A server process holds ~200k long-lived objects (FastAPI, pydantic, torch, a loaded model) that
+    are never garbage, and a full collection scans them all: ~115 ms here, a pause that stalls every
+    stream at once and made the TTFT p99 ~4x its p50 under load. Frozen objects are still freed by
+    reference counting; only a reference cycle among them would now be kept."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 class Runner:
     """The server's loaded models, keyed by full name ("tiny:latest")."""
 
@@ -155,6 +168,7 @@ class Runner:
             loaded.model, loaded.tokenizer, max_batch=self.max_batch, max_len=loaded.context
         ).start()
         size = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+        settle_gc()
         return Slot(
             key, loaded, engine, time.perf_counter() - t0, keep_alive=self.default_keep_alive, size=size
         )
