@@ -55,6 +55,24 @@ def test_batched_prompts_of_different_lengths_equal_one_by_one(flavour):
         assert len(b.tokens) == 12 and b.finish_reason == "length" and b.prompt_tokens == len(p)
 
 
+@pytest.mark.parametrize("flavour", [{}, LLAMA])
+def test_prompts_of_one_length_prefilled_together_equal_one_by_one(flavour):
+    """Same-length prompts share one prefill forward (SlotKVCache.rows): same tokens as alone, greedy
+    and seeded sampling, and the same first-token logits as a full forward of each prompt."""
+    m = tiny_gpt(**flavour)
+    prompts = [[5, 6, 7, 8, 9, 10], [1, 1, 2, 3, 5, 8], [2], [40, 41, 42, 43, 44, 45], [9, 8]]
+    for params in [SamplingParams(max_tokens=10, temperature=0.0), SamplingParams(max_tokens=10, seed=3)]:
+        together = Engine(m, max_batch=8).generate(prompts, params)
+        assert [c.tokens for c in together] == [_alone(m, p, params).tokens for p in prompts]
+    cache = m.new_cache(4, 16, ragged=True)
+    idx = torch.tensor(prompts[:2] + prompts[3:4])  # (3, 6)
+    with torch.no_grad():
+        got = m(idx, cache=cache.rows(1, 3))[:, -1]  # (3, V), written into slots 1..3
+        want = m(idx)[:, -1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert cache.k[:, 1:4, :, :6].abs().sum() > 0 and cache.k[:, 0].abs().sum() == 0  # slot 0 untouched
+
+
 def test_requests_joining_mid_flight_match_running_alone():
     m = tiny_gpt()
     params = [
