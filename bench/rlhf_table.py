@@ -2,10 +2,11 @@
 
 Per model, on `--n` held-out examples per task (split "test": unseen instruction templates):
 
-    accuracy    greedy answers through the Engine, each task's own scorer (eval/tasks.py)
+    accuracy    greedy answers through the Engine, each task's own scorer (tasks/), overall and per task
+    sampled     the same scorer on one answer per prompt sampled at temperature 1 (what PPO trains on)
     RM score    the reward model's mean score of those greedy answers (train/reward.py)
     length      mean greedy answer length in tokens
-    KL to SFT   one answer per prompt *sampled* from the model (temperature 1), summed over its tokens:
+    KL to SFT   on those sampled answers' own tokens (the turn end included when sampled), summed:
                 log pi(y|x) - log pi_SFT(y|x); the mean is a Monte-Carlo estimate of KL(pi || SFT)
                 in nats per answer (exactly 0 for the SFT model itself)
 
@@ -30,31 +31,53 @@ import torch  # noqa: E402
 
 
 @torch.no_grad()
-def kl_to_reference(model, ref, tok, template, items, answers) -> float:
-    """Mean over answers of sum_t log pi(y_t|...) - log pi_ref(y_t|...) (answers sampled from `model`)."""
-    from pocketgpt.text.formats import pad_id_of
-    from pocketgpt.train.dpo import encode_response
+def sample_token_ids(
+    model, tok, template, items, max_tokens: int, seed: int
+) -> list[tuple[list[int], list[int], str]]:
+    """One answer per item sampled at temperature 1 through the Engine: (prompt ids, answer ids, text),
+    the turn-end token kept when the answer stopped there, so the KL below scores exactly the sampled tokens."""
+    from pocketgpt.infer.engine import Engine
+    from pocketgpt.infer.sampling import SamplingParams
+
+    stop_ids = tuple(template.stop_ids(tok))
+    engine = Engine(model, tok, max_batch=16)
+    prompts = [template.encode(tok, it["messages"], add_generation_prompt=True) for it in items]
+    room = lambda p: max(1, min(max_tokens, model.config.block_size - len(p) - 1))  # noqa: E731
+    handles = [
+        engine.submit(p, SamplingParams(max_tokens=room(p), stop_ids=stop_ids, seed=seed * 1_000_003 + i))
+        for i, p in enumerate(prompts)
+    ]
+    while engine.step():
+        pass
+    out = []
+    for p, h in zip(prompts, handles, strict=True):
+        c = h.result()
+        end = [stop_ids[0]] if c.finish_reason == "stop" and stop_ids else []
+        out.append((p, list(c.tokens) + end, c.text.strip()))
+    return out
+
+
+@torch.no_grad()
+def kl_to_reference(model, ref, pad: int, samples: list[tuple[list[int], list[int], str]]) -> float:
+    """Mean over answers sampled from `model` of sum_t log pi(y_t|...) - log pi_ref(y_t|...): a Monte-Carlo
+    estimate of KL(pi || pi_ref) in nats per answer."""
     from pocketgpt.train.logprobs import sequence_logprob
     from pocketgpt.train.reward import pad_batch
 
-    total, n = 0.0, 0
-    T, pad = model.config.block_size, pad_id_of(tok)
-    rows = [
-        encode_response(tok, template, it["messages"], a, T) for it, a in zip(items, answers, strict=True)
-    ]
-    for i in range(0, len(rows), 16):
-        chunk = rows[i : i + 16]
-        ids, mask = pad_batch([r[0] for r in chunk], pad)  # (B, T)
-        resp = torch.zeros(ids.shape[0], ids.shape[1] - 1)  # (B, T - 1)
-        for b, (_, m) in enumerate(chunk):
-            resp[b, : len(m)] = torch.tensor(m, dtype=torch.float)
+    total = 0.0
+    for i in range(0, len(samples), 16):
+        chunk = samples[i : i + 16]
+        ids, mask = pad_batch([p + a for p, a, _ in chunk], pad)  # (B, T)
+        resp = torch.zeros(ids.shape[0], ids.shape[1] - 1)  # (B, T - 1): entry t scores token t + 1
+        for b, (p, a, _) in enumerate(chunk):
+            resp[b, len(p) - 1 : len(p) + len(a) - 1] = 1.0
         diff = sequence_logprob(model, ids, mask, resp) - sequence_logprob(ref, ids, mask, resp)  # (B,)
         total += float(diff.sum())
-        n += len(chunk)
-    return total / max(n, 1)
+    return total / max(len(samples), 1)
 
 
 def measure(name: str, model, sft, tok, items, rm, rm_tok, template, max_tokens: int, seed: int) -> dict:
+    from pocketgpt.text.formats import pad_id_of
     from pocketgpt.train.reward import score_texts
     from pocketgpt.train.task_rewards import sample_answers, task_reward
 
@@ -64,22 +87,19 @@ def measure(name: str, model, sft, tok, items, rm, rm_tok, template, max_tokens:
             model, tok, items, 1, template=template, max_tokens=max_tokens, temperature=0.0
         )
     ]
-    sampled = [
-        a[0] if a else ""
-        for a in sample_answers(
-            model, tok, items, 1, template=template, max_tokens=max_tokens, temperature=1.0, seed=seed
-        )
-    ]
+    sampled = sample_token_ids(model, tok, template, items, max_tokens, seed)
     scores = task_reward(items, greedy)
+    sampled_scores = task_reward(items, [text for _, _, text in sampled])
     per_task: dict[str, list[float]] = {}
     for it, s in zip(items, scores, strict=True):
         per_task.setdefault(it["task"], []).append(s)
     row = {
         "model": name,
         "accuracy": sum(scores) / len(scores),
+        "sampled_accuracy": sum(sampled_scores) / len(sampled_scores),
         "per_task": {k: sum(v) / len(v) for k, v in per_task.items()},
         "length": sum(len(tok.encode(a)) for a in greedy) / len(greedy),
-        "kl_to_sft": kl_to_reference(model, sft, tok, template, items, sampled),
+        "kl_to_sft": kl_to_reference(model, sft, pad_id_of(tok), sampled),
         "samples": [
             {"prompt": it["messages"][0]["content"], "answer": a}
             for it, a in zip(items[:3], greedy, strict=False)
@@ -94,9 +114,9 @@ def measure(name: str, model, sft, tok, items, rm, rm_tok, template, max_tokens:
 def markdown(rows: list[dict]) -> str:
     tasks = list(rows[0]["per_task"])
     head = (
-        "| model | accuracy | "
+        "| model | accuracy (greedy) | "
         + " | ".join(tasks)
-        + " | RM score | KL to SFT (nats/answer) | length (tokens) |"
+        + " | accuracy (sampled) | RM score | KL to SFT (nats/answer) | length (tokens) |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -104,7 +124,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['model']} | {100 * r['accuracy']:.1f}% | "
             + " | ".join(f"{100 * r['per_task'][t]:.1f}%" for t in tasks)
-            + f" | {rm} | {r['kl_to_sft']:.2f} | {r['length']:.1f} |"
+            + f" | {100 * r['sampled_accuracy']:.1f}% | {rm} | {r['kl_to_sft']:.2f} | {r['length']:.1f} |"
         )
     return "\n".join(lines)
 

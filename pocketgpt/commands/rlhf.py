@@ -75,6 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="adapt beta so the KL per answer stays near NATS (default: fixed beta)",
     )
     p.add_argument(
+        "--kl-horizon",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="answers over which the adaptive beta may move by about 20%% (Ziegler et al.: 10000; "
+        "a short run needs fewer to react)",
+    )
+    p.add_argument(
         "--ptx",
         type=float,
         default=0.0,
@@ -371,6 +379,7 @@ def cmd_ppo(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         beta=args.beta,
         kl_target=args.kl_target,
+        kl_horizon=args.kl_horizon,
         ent_coef=args.ent_coef,
         ptx_coef=args.ptx,
         seed=args.seed,
