@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -240,18 +240,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         elif held:
             yield _sse(chunk({"content": "".join(held)}))
         yield _sse(chunk({}, reason))
-        if body.stream_options and body.stream_options.include_usage:
-            yield _sse(
-                {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": name,
-                    "choices": [],
-                    "usage": _usage(job),
-                }
-            )
-        yield b"data: [DONE]\n\n"
+        for end in _stream_end(body, job, cid, "chat.completion.chunk", created, name):
+            yield end
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -307,20 +297,20 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             yield _sse(openai_error(str(e), e.status))
             return
         yield _sse(chunk("", reason()))
-        if body.stream_options and body.stream_options.include_usage:
-            yield _sse(
-                {
-                    "id": cid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": name,
-                    "choices": [],
-                    "usage": _usage(job),
-                }
-            )
-        yield b"data: [DONE]\n\n"
+        for end in _stream_end(body, job, cid, "text_completion", created, name):
+            yield end
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _stream_end(body: Any, job: Job, cid: str, obj: str, created: int, name: str) -> Iterator[bytes]:
+    """How an SSE stream ends: a usage chunk with no choices if `stream_options.include_usage`
+    asked for one, then `[DONE]`."""
+    if body.stream_options and body.stream_options.include_usage:
+        yield _sse(
+            {"id": cid, "object": obj, "created": created, "model": name, "choices": [], "usage": _usage(job)}
+        )
+    yield b"data: [DONE]\n\n"
 
 
 def _usage(job: Job) -> dict[str, int]:
