@@ -8,6 +8,7 @@
     approx_kl   KL between the policy before and after a step   PPO's own step-size gauge
     resp_len    answer length in tokens                          runaway length = a hacked reward
     beta        the KL coefficient (moves with --kl-target)
+    val_task_acc  greedy answers to held-out prompts, task scorers  what the run is for (at each evaluation)
 
 Reads the rows the loop's MetricsLog wrote (train/metrics.jsonl); knows nothing of models.
 """
@@ -30,6 +31,7 @@ PANELS = (
     ("approx_kl", "approx KL (old -> new)"),
     ("resp_len", "answer length (tokens)"),
     ("beta", "KL coefficient beta"),
+    ("val_task_acc", "held-out task accuracy (greedy)"),
 )
 
 
@@ -45,7 +47,7 @@ def read_rows(metrics_jsonl: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_dashboard(rows: Sequence[dict[str, Any]], png: str | Path, *, title: str = "PPO") -> Path | None:
-    """A 2 x 4 grid, one panel per metric in PANELS that the rows carry; None when they carry none."""
+    """A grid of two rows, one panel per metric in PANELS that the rows carry; None when they carry none."""
     present = [(key, label) for key, label in PANELS if any(key in r for r in rows)]
     if not present:
         return None
@@ -54,12 +56,13 @@ def plot_dashboard(rows: Sequence[dict[str, Any]], png: str | Path, *, title: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = 4
+    cols = -(-len(present) // 2)
     nrows = -(-len(present) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), dpi=80, squeeze=False)
     for ax, (key, label) in zip(axes.flat, present, strict=False):
         points = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
-        ax.plot(*zip(*points, strict=True), lw=1.1)
+        sparse = len(points) < 30  # evaluations: a few points, marked
+        ax.plot(*zip(*points, strict=True), lw=1.1, marker="o" if sparse else None, ms=3)
         ax.set_title(label, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
