@@ -119,6 +119,10 @@ def _parse(source: str) -> list:
             tokens.append(("trim_right",))
         pos = m.end()
     tail = source[pos:]
+    if "{{" in tail:  # an action that never closes: Go refuses it ("unclosed action"), so do we
+        at = pos + tail.index("{{")
+        raise TemplateError(f"TEMPLATE has an unclosed action at character {at}: {source[at : at + 30]!r}; "
+                            "every {{ needs its }}")
     if tokens and isinstance(tokens[-1], tuple) and tokens[-1][0] == "trim_right":
         tokens.pop()
         tail = tail.lstrip()

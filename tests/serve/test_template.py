@@ -78,3 +78,9 @@ def test_named_and_default_templates():
 def test_errors(source, word):
     with pytest.raises(TemplateError, match=word):
         check_template(source)
+
+
+def test_unclosed_action_is_refused_at_create_time():
+    with pytest.raises(TemplateError, match="unclosed action at character 7"):
+        check_template("Hello: {{ .Broken")
+    check_template("{{ .Prompt }} and a literal }} is fine")  # Go allows a stray "}}" in text
