@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     items = prompt_items(args.n * n_tasks, seed=args.seed + 1, task_names=args.tasks, split="test")
     rows = [measure("SFT", sft, sft, tok, items, rm, rm_tok, template, args.max_tokens, args.seed)]
     for spec in args.model:
-        name, _, path = spec.partition("=")
+        name, _, path = spec.rpartition("=")  # the name may hold "=" (beta=0), a path rarely does
         model, _ = load_model_with_adapter(path)
         rows.append(measure(name, model, sft, tok, items, rm, rm_tok, template, args.max_tokens, args.seed))
     table = markdown(rows)

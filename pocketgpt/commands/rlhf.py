@@ -117,6 +117,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _pref_data(d)
     d.add_argument("--beta", type=float, default=0.1, help="DPO beta: the KL leash (default 0.1)")
     d.add_argument(
+        "--nll",
+        type=float,
+        default=0.0,
+        metavar="COEF",
+        help="DPO+NLL: add COEF x the chosen answers' per-token NLL, so they stay likely (default 0)",
+    )
+    d.add_argument(
         "--eval-tasks",
         type=int,
         default=0,
@@ -450,7 +457,14 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     train_pairs, val_pairs = _pairs(args)
     cfg = _train_config(args)
     stage = dpo_stage(
-        model, tok, train_pairs, val_pairs, batch_size=cfg.batch_size, beta=args.beta, seed=cfg.seed
+        model,
+        tok,
+        train_pairs,
+        val_pairs,
+        batch_size=cfg.batch_size,
+        beta=args.beta,
+        nll_coef=args.nll,
+        seed=cfg.seed,
     )
     result = train(stage, cfg, Path(args.out), resume=args.resume)
     rows = [r for r in result.history if "reward_acc" in r]
