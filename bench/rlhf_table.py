@@ -11,7 +11,7 @@ Per model, on `--n` held-out examples per task (split "test": unseen instruction
                 in nats per answer (exactly 0 for the SFT model itself)
 
     python bench/rlhf_table.py --sft runs/tiny-sft --rm runs/tiny-rm --model PPO=runs/ppo --model DPO=runs/dpo \\
-        --tasks arithmetic,sentiment --n 50 [--md table.md] [--png bars.png]
+        --tasks count_letters,sentiment --n 200 [--md table.md] [--png bars.png]   (docs/rlhf.md has the measured run)
 
 Prints the config, the machine, a markdown table, and ends with one JSON line (ours = the first
 --model's accuracy, peer = SFT's, in points).
