@@ -313,7 +313,7 @@ def cmd_preferences(args: argparse.Namespace) -> int:
         lambda: print(
             f"wrote {n} rankings ({pairs} pairs) to {args.out}; {any_right} prompts have a "
             f"right answer among the {args.k}, {mixed} have right and wrong ones "
-            f"({args.n - n} prompts gave identical answers and were left out)"
+            f"({args.n - n} prompts whose answers the ranking rules cannot tell apart were left out)"
         ),
     )
     return 0
