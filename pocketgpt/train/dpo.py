@@ -162,7 +162,7 @@ def dpo_stage(
         "peft": None if cfg is None else vars(cfg),
         "params": peft.describe(model),
     }
-    return Stage("dpo", model, batches, loss, save, tokens_per_row=2 * T, settings=settings)
+    return Stage("dpo", model, batches, loss, save, tokens_per_row=2 * T, settings=settings, lm_loss=False)
 
 
 @torch.no_grad()

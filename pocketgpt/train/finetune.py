@@ -166,7 +166,7 @@ def finetune_stage(model: TaskModel, tokenizer, train: TaskData, val: TaskData, 
 
     from pocketgpt.model.peft import describe
 
-    return Stage(f"finetune-{model.kind}", model, batches, loss, save, evaluate=evaluate,
+    return Stage(f"finetune-{model.kind}", model, batches, loss, save, evaluate=evaluate, lm_loss=False,
                  settings={"task": model.kind, "labels": labels, "aux_weight": aux_weight,
                            "train_examples": len(train.examples), "val_examples": len(val.examples),
                            "params": describe(model)})

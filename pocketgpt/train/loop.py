@@ -112,6 +112,7 @@ class Stage:
     flops_per_token: float | None = None
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
     settings: dict = field(default_factory=dict)
+    lm_loss: bool = True  # the loss is next-token cross-entropy, so exp(loss) is a perplexity
 
 
 @dataclass
@@ -309,11 +310,14 @@ class _Run:
                 loss, _ = _split(self.stage.loss(model, _to_device(next(src), self.device)))
             total += loss.double()
         self.last_val = dist.mean_across(total / self.cfg.eval_batches, self.world)
-        row = {"step": self.step, "val_loss": round(self.last_val, 6), "val_ppl": round(perplexity(self.last_val), 4)}
+        row = {"step": self.step, "val_loss": round(self.last_val, 6)}
+        if self.stage.lm_loss:
+            row["val_ppl"] = round(perplexity(self.last_val), 4)
         if self.stage.evaluate is not None and self.world.is_main and not self.cfg.fsdp:
             row.update(self.stage.evaluate(self.model))
         self.log.write(row)
-        bar.note(f"step {self.step}: val loss {self.last_val:.4f}, perplexity {row['val_ppl']:.2f}")
+        ppl = f", perplexity {row['val_ppl']:.2f}" if "val_ppl" in row else ""
+        bar.note(f"step {self.step}: val loss {self.last_val:.4f}{ppl}")
         if self.world.is_main:
             plot_losses(self.log.rows, self.out_dir / "train" / "loss.png", title=f"{self.stage.name}: {self.out_dir.name}")
         model.train()

@@ -400,6 +400,7 @@ def ppo_stage(
         tokens_per_row=policy.config.block_size,
         evaluate=evaluate,
         settings=settings,
+        lm_loss=False,
     )
 
 

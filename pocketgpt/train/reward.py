@@ -130,7 +130,7 @@ def reward_stage(model: RewardModel, tokenizer, train_pairs: Sequence[Pair], val
         save_reward_model(unwrap(m), out, tokenizer, template=template.name)
 
     settings = {"pairs": len(train_rows), "val_pairs": len(val_rows), "template": template.name}
-    return Stage("reward", model, batches, reward_loss, save, tokens_per_row=2 * T,
+    return Stage("reward", model, batches, reward_loss, save, tokens_per_row=2 * T, lm_loss=False,
                  evaluate=lambda m: pair_accuracy(m, val_rows, pad), settings=settings)
 
 

@@ -44,6 +44,14 @@ def test_loss_goes_down_and_outputs_are_written(tmp_path):
     assert math.isclose(res.history[-1]["val_ppl"], math.exp(res.val_loss), rel_tol=1e-4)
 
 
+def test_a_stage_without_a_language_model_loss_reports_no_perplexity(tmp_path, capsys):
+    stage = toy_stage(8)
+    stage.lm_loss = False  # e.g. reward, DPO, PPO: exp(loss) is no perplexity there
+    res = train(stage, toy_train_config(max_steps=10, batch_size=8, ckpt_every=0, eval_every=10), tmp_path)
+    assert "val_loss" in res.history[-1] and "val_ppl" not in res.history[-1]
+    assert "perplexity" not in capsys.readouterr().err
+
+
 def test_schedule_warmup_then_cosine_to_min():
     kw = dict(lr=1.0, min_lr=0.1, warmup=10, total=110)
     assert lr_at(0, **kw) == pytest.approx(0.1) and lr_at(9, **kw) == pytest.approx(1.0)
