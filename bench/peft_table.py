@@ -46,7 +46,7 @@ from pocketgpt.model import peft  # noqa: E402
 
 METHODS = ("full", "lora", "lora-all", "prefix", "prompt")
 # learning rates per method, as in the runs docs/finetuning.md reports
-LR = {"full": 1e-3, "lora": 3e-3, "lora-all": 1e-2, "prefix": 1e-2, "prompt": 3e-2}
+LR = {"full": 1e-3, "lora": 3e-3, "lora-all": 1e-2, "prefix": 1e-1, "prompt": 3e-2}
 ALL_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")  # "lora-all": LoRA on every block Linear
 
 
