@@ -219,11 +219,18 @@ class Engine:
         return self
 
     def stop(self) -> None:
+        """End the background loop. Requests it had not finished end as "error" ("the engine was
+        stopped"), so nobody waits on them forever."""
         self._stopping = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            with self._lock:
+                while not self._inbox.empty():
+                    self.scheduler.waiting.append(self._inbox.get_nowait())
+                if self.scheduler.has_work():
+                    self.scheduler.fail_all("the engine was stopped before this request finished")
 
     def _loop(self) -> None:
         with self.scheduler.thread_setting():  # per thread: set once for the loop's whole life

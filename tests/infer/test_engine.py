@@ -202,3 +202,20 @@ def test_submit_never_waits_for_a_step():
         assert done.wait(5), "submit blocked on the stepping lock"
     t.join()
     assert engine.generate([[3, 4]], SamplingParams(max_tokens=2, temperature=0.0))[0].tokens
+
+
+def test_stopping_the_engine_ends_its_unfinished_requests():
+    m = tiny_gpt()
+    engine = Engine(m, max_batch=1).start()
+    with engine._lock:  # hold the loop between steps so the requests are still unfinished at stop()
+        handles = [engine.submit([1, 2, 3], SamplingParams(max_tokens=40)) for _ in range(3)]
+        stopper = threading.Thread(target=engine.stop)
+        stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    for h in handles:
+        assert h.done
+        if h.error is not None:  # the ones the loop had not finished
+            with pytest.raises(PocketError, match="the engine was stopped"):
+                h.result(timeout=1)
+    assert any(h.error for h in handles)
