@@ -37,7 +37,6 @@ class Completion:
     finish_reason: str = "length"
     prompt_tokens: int = 0
     text: str = ""
-    error: str | None = None  # why generation failed (finish_reason "error")
 
 
 class EngineError(PocketError):
@@ -178,11 +177,15 @@ class Engine:
     def _has_work(self) -> bool:
         return not self._inbox.empty() or self.scheduler.has_work()
 
-    def _step(self) -> None:
-        """(Lock held.) Move submitted requests into the scheduler, then one step; a step that raises
-        fails the requests it touched, not the engine."""
+    def _drain(self) -> None:
+        """(Lock held.) Move submitted requests into the scheduler's queue."""
         while not self._inbox.empty():
             self.scheduler.waiting.append(self._inbox.get_nowait())
+
+    def _step(self) -> None:
+        """(Lock held.) Take in submitted requests, then one step; a step that raises fails the
+        requests it touched, not the engine."""
+        self._drain()
         try:
             self.scheduler.step()
         except Exception as e:  # noqa: BLE001 - any failure: report it to the requests, keep serving
@@ -227,8 +230,7 @@ class Engine:
             self._thread.join()
             self._thread = None
             with self._lock:
-                while not self._inbox.empty():
-                    self.scheduler.waiting.append(self._inbox.get_nowait())
+                self._drain()
                 if self.scheduler.has_work():
                     self.scheduler.fail_all("the engine was stopped before this request finished")
 

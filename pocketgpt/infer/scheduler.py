@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pocketgpt.infer.fast_decode import FastDecoder, unsupported
-from pocketgpt.infer.sampling import SamplingParams, apply_penalties, penalise_rows, pick, sample_rows
+from pocketgpt.infer.sampling import SamplingParams, penalise_rows, sample_rows
 from pocketgpt.infer.stream import TextStream
 from pocketgpt.infer.threads import SMALL_MODEL_PARAMS, ThreadPolicy, step_threads
 
@@ -143,8 +143,8 @@ class Scheduler:
             logits = self._last_logits(idx, self.cache.rows(i, m))  # (m, V)
             for j in range(m):
                 self.cache.set_length(i + j, length)
-            for req, row_logits in zip(group, logits, strict=True):
-                self._emit(req, row_logits)
+            for req, token in zip(group, self._picks(group, logits), strict=True):
+                self._emit(req, token)
 
     def _refresh_fast(self) -> None:
         """(Re)read the weights for the fast path when they changed since the last request (a policy
@@ -169,15 +169,14 @@ class Scheduler:
         else:
             idx = torch.tensor([[r.last] for r in self.running], device=self.device)  # (n, 1)
             logits = self._last_logits(idx, self.cache)  # (n, V)
-        picks = self._picks(logits)
-        for req, token in zip(list(self.running), picks, strict=True):
-            self._emit(req, token=token)
+        running = list(self.running)  # _emit may finish a request, which reorders self.running
+        for req, token in zip(running, self._picks(running, logits), strict=True):
+            self._emit(req, token)
 
-    def _picks(self, logits: torch.Tensor) -> list[int]:
-        """The next token of every running row from the step's logits (n, V): the penalties of all
+    def _picks(self, reqs: list[Request], logits: torch.Tensor) -> list[int]:
+        """The next token of each request from its row of logits (n, V): the penalties of all
         penalised rows in one `penalise_rows` (each with its own history), then one argmax for all
         greedy rows and one batched `sample_rows` for the sampled ones."""
-        reqs = self.running
         pen = [i for i, r in enumerate(reqs) if r.params.penalised]
         if pen:
             logits = logits.float().clone()
@@ -207,14 +206,9 @@ class Scheduler:
         h = self.model.hidden(idx, cache=cache)  # (B, T, C)
         return self.model.lm_head(h[:, -1])  # (B, V)
 
-    def _emit(self, req: Request, logits: torch.Tensor | None = None, token: int | None = None) -> None:
-        """Pick the next token from logits (V,) (unless already `token`), record it, and finish the
-        request if it is done."""
+    def _emit(self, req: Request, token: int) -> None:
+        """Record the request's next token and finish the request if it is done."""
         p = req.params
-        if token is None:
-            if p.penalised:
-                logits = apply_penalties(logits, p, req.seen, req.counts)
-            token = pick(logits, p, req.generator)
         if token in p.stop_ids:
             return self._finish(req, "stop")
         req.tokens.append(token)
@@ -248,14 +242,13 @@ class Scheduler:
         slots are freed, and the scheduler is ready for new requests."""
         for req in [*self.running, *self.waiting]:
             req.error = error
-            req.finish_reason = "error"
-            req.on_event(req, "")
+            self._done(req, "error")
         self.running.clear()
         self.waiting.clear()
         self.cache.n = 0
 
     def _done(self, req: Request, reason: str) -> None:
-        if req.stream is not None and reason != "cancelled":
+        if req.stream is not None and reason not in ("cancelled", "error"):
             tail = req.stream.flush()
             if tail:
                 req.on_event(req, tail)
