@@ -209,8 +209,14 @@ async def follow(handle: Any, disconnected: Any, check_every: float = 0.1) -> An
         except RuntimeError:  # the loop closed (server shutting down): nobody is waiting any more
             pass
 
+    def tick() -> None:  # the disconnect check is due
+        nonlocal timer
+        timer = None
+        ready.set()
+
     handle.notify(wake)
     next_check = time.monotonic() + check_every
+    timer: Any = None  # one pending wake-up for the next check, not a new one per token
     try:
         while True:
             ready.clear()  # before reading, so text that lands after the read wakes the next wait
@@ -223,9 +229,11 @@ async def follow(handle: Any, disconnected: Any, check_every: float = 0.1) -> An
                 if await disconnected():
                     return
                 next_check = time.monotonic() + check_every
-            timer = loop.call_later(max(next_check - time.monotonic(), 0.0), ready.set)
+            if timer is None:
+                timer = loop.call_later(max(next_check - time.monotonic(), 0.0), tick)
             await ready.wait()
-            timer.cancel()
     finally:
+        if timer is not None:
+            timer.cancel()
         if not handle.done:
             handle.cancel()
