@@ -222,6 +222,12 @@ def pct(xs: list[float], q: float) -> float:
     return 1000 * s[min(len(s) - 1, max(0, round(q / 100 * len(s)) - 1))]
 
 
+def latency(name: str, loaded: list[float], single: list[float], q: int) -> dict:
+    """The q-th percentile of a latency under load against one client's (lower is better)."""
+    ours, peer = pct(loaded, q), pct(single, q)
+    return line(f"{name}_p{q}_ms", ours, f"1 client p{q}", peer, peer / ours, "lower")
+
+
 def line(metric: str, ours: float, peer: str, peer_value: float, ratio: float, goal: str) -> dict:
     return {
         "bench": "serve_load",
@@ -317,46 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             3 * pct(load.ttft, 50) / pct(load.ttft, 99),
             ">= 1.0 (p99 <= 3x p50)",
         ),
-        line(
-            "ttft_p50_ms",
-            pct(load.ttft, 50),
-            "1 client p50",
-            pct(single_ttft, 50),
-            pct(single_ttft, 50) / pct(load.ttft, 50),
-            "lower",
-        ),
-        line(
-            "tpot_p50_ms",
-            pct(load.tpot, 50),
-            "1 client p50",
-            pct(single_tpot, 50),
-            pct(single_tpot, 50) / pct(load.tpot, 50),
-            "lower",
-        ),
-        line(
-            "tpot_p99_ms",
-            pct(load.tpot, 99),
-            "1 client p99",
-            pct(single_tpot, 99),
-            pct(single_tpot, 99) / pct(load.tpot, 99),
-            "lower",
-        ),
-        line(
-            "itl_p50_ms",
-            pct(load.itl, 50),
-            "1 client p50",
-            pct(single_itl, 50),
-            pct(single_itl, 50) / pct(load.itl, 50),
-            "lower",
-        ),
-        line(
-            "itl_p99_ms",
-            pct(load.itl, 99),
-            "1 client p99",
-            pct(single_itl, 99),
-            pct(single_itl, 99) / pct(load.itl, 99),
-            "lower",
-        ),
+        latency("ttft", load.ttft, single_ttft, 50),
+        latency("tpot", load.tpot, single_tpot, 50),
+        latency("tpot", load.tpot, single_tpot, 99),
+        latency("itl", load.itl, single_itl, 50),
+        latency("itl", load.itl, single_itl, 99),
         line(
             "engine_alone_8_streams_vs_1",
             alone[8],
