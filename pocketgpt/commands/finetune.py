@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=4000, help="with --data builtin: how many examples (default 4000)")
     p.add_argument("--tasks", default=None, help="with --data builtin: comma-separated task names (default all)")
     p.add_argument("--no-pack", action="store_true", help="one conversation per row instead of packing several")
+    p.add_argument("--block-size", type=int, default=None, metavar="T",
+                   help="tokens per training row (default: the model's context, at most 1024; "
+                        "e.g. 256 for short conversations on a model with a long context)")
     p.add_argument("--eval-tasks", type=int, default=0, metavar="N",
                    help="after training, score N held-out examples per built-in task (0 = skip)")
     _common(p)
@@ -150,7 +153,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
         print(f"skipped {problem}", file=sys.stderr)
     cfg = _train_config(args)
     stage = sft_stage(model, tok, train_convs, val_convs, batch_size=cfg.batch_size, seed=cfg.seed,
-                      pack=not args.no_pack, merge=args.merge)
+                      pack=not args.no_pack, merge=args.merge, block_size=args.block_size)
     result = train(stage, cfg, Path(args.out), resume=args.resume)
     summary = {"out": str(result.out_dir), "steps": result.steps, "stopped": result.stopped,
                "train_loss": result.train_loss, "val_loss": result.val_loss, "skipped": len(problems),

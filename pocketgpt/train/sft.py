@@ -54,12 +54,15 @@ def sft_loss(model: torch.nn.Module, batch) -> tuple[torch.Tensor, dict[str, flo
 
 def sft_stage(model: torch.nn.Module, tokenizer, train_convs: Sequence[Conversation],
               val_convs: Sequence[Conversation], *, batch_size: int, seed: int = 0, template=None,
-              pack: bool = True, merge: bool = False, evaluate=None) -> Stage:
-    """The SFT objective for `model` (a GPT, optionally with an adapter attached)."""
+              pack: bool = True, merge: bool = False, evaluate=None, block_size: int | None = None) -> Stage:
+    """The SFT objective for `model` (a GPT, optionally with an adapter attached).
+
+    Rows are `block_size` tokens (default: the model's context, at most DEFAULT_ROW): an imported
+    model with an 8,192-token context would otherwise pack 8,192-token rows of short conversations."""
     from pocketgpt.model import peft
     from pocketgpt.model.info import flops_per_token, param_counts
 
-    T = model.config.block_size - (_virtual(model))
+    T = row_length(model, block_size)
     train_rows = sft_rows(train_convs, tokenizer, T, template=template, pack=pack)
     val_rows = sft_rows(val_convs, tokenizer, T, template=template, pack=pack) if val_convs else train_rows[:8]
     if not train_rows:
@@ -79,6 +82,23 @@ def sft_stage(model: torch.nn.Module, tokenizer, train_convs: Sequence[Conversat
                 "params": peft.describe(model)}
     return Stage("sft", model, batches, sft_loss, save, tokens_per_row=T, flops_per_token=flops,
                  evaluate=evaluate, settings=settings)
+
+
+DEFAULT_ROW = 1024
+
+
+def row_length(model: torch.nn.Module, block_size: int | None = None) -> int:
+    """Tokens per SFT row: `block_size` (or the model's context capped at DEFAULT_ROW), less the
+    positions a soft prompt takes; a row longer than the model's context is refused."""
+    context = model.config.block_size
+    if block_size is None:
+        block_size = min(context, DEFAULT_ROW)
+    if not 8 <= block_size <= context:
+        raise DataError(f"--block-size {block_size}: rows must be 8..{context} tokens (the model's context)")
+    T = block_size - _virtual(model)
+    if T < 8:
+        raise DataError(f"--block-size {block_size}: leaves {T} tokens after the {_virtual(model)} virtual ones")
+    return T
 
 
 def _virtual(model: torch.nn.Module) -> int:

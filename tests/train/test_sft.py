@@ -17,7 +17,8 @@ from pocketgpt.text.bpe import Tokenizer
 from pocketgpt.text.chat import POCKETGPT
 from pocketgpt.text.instructions import to_messages
 from pocketgpt.train.loop import TrainConfig, train
-from pocketgpt.train.sft import sft_rows, sft_stage
+from pocketgpt.errors import DataError
+from pocketgpt.train.sft import DEFAULT_ROW, row_length, sft_rows, sft_stage
 
 CONVS = [[{"role": "user", "content": f"{a} + {b} = ?"}, {"role": "assistant", "content": str(a + b)}]
          for a in range(4) for b in range(4)]
@@ -56,6 +57,19 @@ def test_rows_from_builtin_tasks_both_languages(tok):
     answers = [tok.decode([t for t in y if t >= 0]) for _, y in rows]
     assert all("<|end|>" in a for a in answers)
     assert sum(a.count("<|end|>") for a in answers) == len(convs)  # every conversation, once
+
+
+def test_row_length_defaults_to_the_context_capped_and_refuses_what_does_not_fit(tok):
+    model = _gpt(tok)
+    assert row_length(model) == 64 and row_length(model, 32) == 32
+    long = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=4 * DEFAULT_ROW, n_layer=1, n_head=2, d_model=16))
+    assert row_length(long) == DEFAULT_ROW  # an 8k-context import does not pack 8k-token rows
+    with pytest.raises(DataError, match="--block-size 65: rows must be 8..64"):
+        row_length(model, 65)
+    peft.attach(model, peft.PeftConfig("prompt", n_virtual=4))
+    assert row_length(model, 32) == 28  # the soft prompt takes its positions from the row
+    stage = sft_stage(model, tok, CONVS, CONVS[:4], batch_size=4, block_size=32)
+    assert stage.settings["block_size"] == 28
 
 
 @pytest.mark.slow
