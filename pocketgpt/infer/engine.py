@@ -124,10 +124,14 @@ class Engine:
         max_len: int | None = None,
         threads: int | None = None,
         fast: bool = True,
+        packed: bool | None = None,
     ) -> None:
         """`max_batch` slots of `max_len` positions (default block_size) are allocated once, here.
         `threads`: intra-op threads per step (default: 1 for small CPU models, else torch's).
-        `fast=False` decodes through the model's modules instead of `fast_decode` (the reference)."""
+        `fast=False` decodes through the model's modules instead of `fast_decode` (the reference).
+        `packed`: keep a second copy of a large model's weights in the layout that decodes several
+        rows fastest (1.7x faster products at 8 rows, twice the weights' memory); default: when
+        `max_batch` > 1."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.scheduler = Scheduler(
@@ -136,6 +140,7 @@ class Engine:
             max_len=max_len,
             threads=threads,
             fast=fast,
+            packed=max_batch > 1 if packed is None else packed,
             token_bytes=tokenizer.token_bytes if tokenizer is not None else None,
         )
         self._lock = threading.Lock()  # one step at a time (a background loop and callers of step())

@@ -15,9 +15,14 @@ A large model's step is the other extreme: it streams every weight from memory o
 `F.linear` on one row reads only ~12 GB/s on our CPU where the memory gives ~40 GB/s to 2 threads.
 `_Blocked` runs the same product as a batched product over blocks of the weight (views, never copies:
 the step reads each weight exactly once and holds no second copy), which reaches ~35-40 GB/s.
-A small model (<= `COPY_MAX` parameters, cache-resident) is the one place copies are made: its
-weights are held transposed, (in, out), where `addmm` runs a few rows 1.2-1.8x faster than `F.linear`
-(tiny preset: step 0.78 -> 0.56 ms of CPU time); a few MB, re-made with the rest when weights change.
+A small model (<= `COPY_MAX` parameters, cache-resident) gets copies: its weights are held
+transposed, (in, out), where `addmm` runs a few rows 1.2-1.8x faster than `F.linear` (tiny preset:
+step 0.78 -> 0.56 ms of CPU time); a few MB, re-made with the rest when weights change.
+A large model decoding several rows at once (`pack_rows` > 1: an engine with more than one slot) gets
+the other copy: each large weight also in oneDNN's packed layout for that many rows, where the
+product of 8 rows streams GPT-2's weights at ~27 GB/s instead of ~16 (18 vs 31 ms per step's
+products); one row keeps the blocked product on the model's own weight, which is faster still.
+The price is a second copy of the large weights in memory, so it is only made when asked for.
 
 Only models whose parts it knows take this path (`unsupported` says why another does not: mixture of
 experts, a swapped-in Linear such as LoRA or a quantized one, hooks, training mode); the engine then
@@ -66,12 +71,14 @@ def unsupported(model: nn.Module) -> str | None:
     return None
 
 
-def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: bool = False):
+def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: bool = False,
+            pack_rows: int = 0):
     """y = x W^T + b as a function of x (n, in) -> (n, out), a C call with no Python frame:
     - `transpose`: `addmm(b, x, W^T)` over a contiguous transposed *copy* of W (in, out), which MKL
       reads 1.2-1.8x faster than `F.linear` reads W for a few rows (tiny preset: the head 72 -> 41 us
       at one row); for small models only (`FastDecoder` decides), where the copies are cheap;
-    - `_Blocked` for a large weight on a CPU (>= chunk_min elements: streamed from memory);
+    - `_Blocked` for a large weight on a CPU (>= chunk_min elements: streamed from memory), with a
+      oneDNN-packed copy for products of several rows when `pack_rows` > 1;
     - else `F.linear` with the weight bound."""
     w, b = w.detach(), None if b is None else b.detach()
     blocks = _divisor(w.size(0), 4, 64) or _divisor(w.size(1), 4, 4)
@@ -80,7 +87,7 @@ def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: 
         wt = w.t().contiguous()  # (in, out)
         return partial(torch.mm, mat2=wt) if b is None else partial(torch.addmm, b, mat2=wt)
     if on_cpu and w.numel() >= chunk_min and blocks:
-        return _Blocked(w, b)
+        return _Blocked(w, b, pack_rows)
     return partial(F.linear, weight=w, bias=b)
 
 
@@ -92,19 +99,23 @@ class _Blocked:
       - one row (n = 1): W (out, in) viewed as c row blocks (c, out/c, in) and one batched product
         `baddbmm`: each block is a plain matrix-vector product and the blocks spread over the threads,
         ~35-40 GB/s, where `F.linear`'s single matrix-vector product reads ~12 GB/s.
-      - several rows: oneDNN's inner product on the plain weight (`_onednn_linear`, no packed copy),
-        which uses the CPU's AVX-512 where MKL's small-n product does not: 2-4x `F.linear` at n = 8
-        on the vocabulary head. Without oneDNN: the inner dimension split into 4 blocks, four partial
-        products summed (1.1-1.5x `F.linear`).
+      - several rows: oneDNN's inner product (`_onednn_linear`), which uses the CPU's AVX-512 where
+        MKL's small-n product does not: 2-4x `F.linear` at n = 8 on the vocabulary head; on a copy
+        of the weight in oneDNN's packed layout when one was asked for (`pack_rows` > 1: the rows
+        the layout is tuned for), another 1.7x, else on the plain weight. Without oneDNN: the inner
+        dimension split into 4 blocks, four partial products summed (1.1-1.5x `F.linear`).
       - a shape with no such blocks: `F.linear`.
     """
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, pack_rows: int = 0) -> None:
         self.w, self.b = w, b
         out, inner = w.shape
         self.rows = _divisor(out, 4, 64)  # row blocks for n = 1
         self.cols = _divisor(inner, 4, 4)  # inner blocks for n > 1
         self.onednn = _onednn_linear is not None and w.device.type == "cpu" and w.dtype == torch.float32
+        self.w_many = self.w  # the weight the several-row product reads
+        if self.onednn and pack_rows > 1 and _onednn_pack is not None:
+            self.w_many = _onednn_pack(w, pack_rows)  # a copy in oneDNN's blocked layout
         if self.rows:
             c = self.rows
             self.w_rows = self.w.view(c, out // c, inner)  # (c, out/c, in)
@@ -122,7 +133,7 @@ class _Blocked:
                 return torch.bmm(self.w_rows, xs).view(1, -1)  # (c, out/c, 1) -> (1, out)
             return torch.baddbmm(self.b_rows, self.w_rows, xs).view(1, -1)
         if n > 1 and self.onednn:
-            return _onednn_linear(x.contiguous(), self.w, self.b, "none", [], "")
+            return _onednn_linear(x.contiguous(), self.w_many, self.b, "none", [], "")
         if n > 1 and self.cols:
             c = self.cols
             parts = torch.bmm(x.view(n, c, inner // c).transpose(0, 1), self.w_cols)  # (c, n, out)
@@ -142,6 +153,22 @@ def _find_onednn_linear():
 
 
 _onednn_linear = _find_onednn_linear()
+
+
+def _find_onednn_pack():
+    """torch's oneDNN weight packing (`pack(w, rows)` -> w in the layout the linear reads fastest
+    for that many rows), or None where it is missing or its product differs."""
+    if _onednn_linear is None:
+        return None
+    try:
+        op = torch.ops.mkldnn._reorder_linear_weight
+        w, x = torch.arange(24.0).view(6, 4), torch.ones(3, 4)
+        return op if torch.equal(_onednn_linear(x, op(w, 3), None, "none", [], ""), F.linear(x, w)) else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_onednn_pack = _find_onednn_pack()
 
 
 def _divisor(m: int, lo: int, hi: int) -> int | None:
@@ -198,11 +225,13 @@ class _Layer:
 class FastDecoder:
     """`step(ids, cache)`: logits (n, V) for one new token per active row of a `SlotKVCache`."""
 
-    def __init__(self, model: nn.Module, *, chunk_min: int = CHUNK_MIN, copy_max: int = COPY_MAX) -> None:
+    def __init__(self, model: nn.Module, *, chunk_min: int = CHUNK_MIN, copy_max: int = COPY_MAX,
+                 pack_rows: int = 0) -> None:
         """`chunk_min`: weights with at least this many elements take the blocked products (tests
         lower it to check the blocked path against the module path on tiny models). `copy_max`: a
         model with at most this many weight elements gets transposed copies of its small weights
-        (see `_linear`; tests set 0 to check the plain `F.linear` path)."""
+        (see `_linear`; tests set 0 to check the plain `F.linear` path). `pack_rows` > 1: the large
+        weights also get packed copies for steps of several rows (about that many; see `_Blocked`)."""
         why = unsupported(model)
         if why is not None:
             raise ValueError(f"the decode fast path cannot run this model: {why}; use model.hidden instead")
@@ -214,7 +243,7 @@ class FastDecoder:
         self.pos_table = self._pos_table(model)  # (block_size, C) or None
         self.rope = self._rope_tables(model) if c.positions == "rope" else None
         transpose = sum(p.numel() for p in model.parameters()) <= copy_max
-        linear = partial(_linear, chunk_min=chunk_min, transpose=transpose)
+        linear = partial(_linear, chunk_min=chunk_min, transpose=transpose, pack_rows=pack_rows)
         self.layers = [_Layer(blk, c.activation, linear) for blk in model.blocks]
         self.ln_f = _norm(model.ln_f)
         self.head = linear(model.lm_head.weight, None)

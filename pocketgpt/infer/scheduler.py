@@ -61,8 +61,10 @@ class Scheduler:
         token_bytes: Callable[[int], bytes] | None = None,
         threads: int | None = None,
         fast: bool = True,
+        packed: bool = False,
     ) -> None:
-        """`fast=False` keeps every decode step on the module path (the reference the fast path is tested against)."""
+        """`fast=False` keeps every decode step on the module path (the reference the fast path is tested
+        against). `packed`: the fast path keeps packed copies of large weights for several-row steps."""
         self.model = model
         self.thread_policy = ThreadPolicy(model, threads)
         self.max_len = min(max_len or model.config.block_size, model.config.block_size)
@@ -72,6 +74,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # running[i] lives in cache slot i
         self.use_fast = fast
+        self.pack_rows = max_batch if packed and max_batch > 1 else 0
         self.fast: FastDecoder | None = None
         self._refresh_fast()
 
@@ -151,7 +154,9 @@ class Scheduler:
         trained between rollouts, a swapped-in adapter); drop it when the model no longer allows it."""
         if not self.use_fast or (self.fast is not None and not self.fast.stale()):
             return
-        self.fast = FastDecoder(self.model) if unsupported(self.model) is None else None
+        ok = unsupported(self.model) is None
+        self.fast = None  # the old copies go before the new ones are made
+        self.fast = FastDecoder(self.model, pack_rows=self.pack_rows) if ok else None
 
     def _decode(self) -> None:
         """One token for every running row, in one forward."""
@@ -186,8 +191,10 @@ class Scheduler:
                 [reqs[i].seen for i in pen],
                 [reqs[i].counts for i in pen],
             )
-        out = [0] * len(reqs)
         greedy = [i for i, r in enumerate(reqs) if r.params.greedy]
+        if len(greedy) == len(reqs):  # no row to gather
+            return logits.argmax(dim=-1).tolist()
+        out = [0] * len(reqs)
         sampled = [i for i, r in enumerate(reqs) if not r.params.greedy]
         if greedy:
             for i, t in zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True):

@@ -46,6 +46,7 @@ LAYOUTS = {  # which product each weight takes: transposed copies (the default f
     "transposed": {},
     "plain": {"copy_max": 0},
     "blocked": {"chunk_min": 1, "copy_max": 0},
+    "blocked-packed": {"chunk_min": 1, "copy_max": 0, "pack_rows": 3},
 }
 
 
@@ -65,20 +66,33 @@ def test_fast_step_equals_full_recomputation(flavour, starts, layout):
             torch.testing.assert_close(g, full, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "inner-blocks"])
+@pytest.mark.parametrize("onednn", ["packed", "plain", None], ids=["onednn-packed", "onednn", "inner-blocks"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize(
     "shape", [(96, 40), (97, 40), (64, 41), (97, 41)], ids=["blocks", "prime-out", "odd-in", "neither"]
 )
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("n", [1, 3, 8])
 def test_blocked_products_equal_linear(shape, bias, n, onednn, monkeypatch):
-    if not onednn:
+    if onednn is None:
         monkeypatch.setattr(fast_decode, "_onednn_linear", None)
     torch.manual_seed(0)
     w = torch.randn(shape)
     b = torch.randn(shape[0]) if bias else None
     x = torch.randn(n, shape[1])
-    torch.testing.assert_close(_linear(w, b, chunk_min=1)(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    product = _linear(w, b, chunk_min=1, pack_rows=8 if onednn == "packed" else 0)
+    torch.testing.assert_close(product(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_copy_is_made_only_when_asked_and_only_for_several_rows():
+    if fast_decode._onednn_pack is None:
+        pytest.skip("this torch build has no oneDNN weight packing")
+    w = torch.randn(96, 40)
+    plain, packed = _linear(w, None, chunk_min=1), _linear(w, None, chunk_min=1, pack_rows=8)
+    assert plain.w_many is plain.w and packed.w_many is not packed.w  # the copy costs memory: only on request
+    assert packed.w_many.is_mkldnn
+    x = torch.randn(1, 40)  # one row reads the model's own weight (blocked), never the copy
+    w.mul_(2.0)
+    torch.testing.assert_close(packed(x), F.linear(x, w), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [True, False])
