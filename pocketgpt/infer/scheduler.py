@@ -26,9 +26,9 @@ import torch
 from pocketgpt.infer.fast_decode import FastDecoder, unsupported
 from pocketgpt.infer.sampling import SamplingParams, penalise_rows, sample_rows
 from pocketgpt.infer.stream import TextStream
-from pocketgpt.infer.threads import SMALL_MODEL_PARAMS, ThreadPolicy, step_threads
+from pocketgpt.infer.threads import ThreadPolicy
 
-__all__ = ["Request", "Scheduler", "SMALL_MODEL_PARAMS", "step_threads"]  # the last two: moved to threads.py
+__all__ = ["Request", "Scheduler"]
 
 
 @dataclass(eq=False)  # identity, not field-by-field: requests are looked up in lists
@@ -114,7 +114,7 @@ class Scheduler:
     def step(self) -> None:
         """Drop cancelled requests, admit waiting ones into free slots, then decode one token for all.
         (Run it inside `with scheduler.thread_setting():` to get the step's intra-op thread count.)"""
-        self.thread_policy.tick()
+        self.thread_policy.tick(min(len(self.running) + len(self.waiting), self.cache.n_slots))
         for i in reversed(range(len(self.running))):
             if self.running[i].cancelled:
                 self._finish(self.running[i], "cancelled")

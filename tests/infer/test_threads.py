@@ -1,6 +1,6 @@
-"""The step thread policy: small models on one thread; large ones on the caller's count while the
-machine is calm and on one thread while it is busy (load average, with hysteresis); an explicit count
-always wins."""
+"""The step thread policy: small models on one thread for steps of few rows; large models, and small
+ones stepping many rows, on the caller's count while the machine is calm and on one thread while it
+is busy (load average, with hysteresis); an explicit count always wins."""
 
 from __future__ import annotations
 
@@ -30,16 +30,18 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def _threads_during_steps(engine: Engine, loads: list[float], monkeypatch) -> list[int]:
-    """Step the engine once per load value (the load re-read at every step) and record the threads."""
+def _threads_during_steps(engine: Engine, loads: list[float], monkeypatch, rows: int = 1) -> list[int]:
+    """Step the engine (`rows` requests) once per load value (the load re-read at every step) and
+    record the threads."""
     monkeypatch.setattr(policy_mod, "LOAD_CHECK_EVERY", 1)
     monkeypatch.setattr(policy_mod.os, "cpu_count", lambda: 2)
-    engine.submit([1, 2, 3], SamplingParams(max_tokens=len(loads) + 1, temperature=0.0))
+    for _ in range(rows):
+        engine.submit([1, 2, 3], SamplingParams(max_tokens=len(loads) + 1, temperature=0.0))
     seen = []
     with engine.scheduler.thread_setting():
         for load in loads:
             monkeypatch.setattr(policy_mod, "load_average", lambda load=load: load)
-            engine.scheduler.step()
+            engine._step()  # takes the submitted requests in, then steps
             seen.append(torch.get_num_threads())
     return seen
 
@@ -53,8 +55,17 @@ def test_large_model_drops_to_one_thread_while_the_machine_is_busy(monkeypatch, 
     assert torch.get_num_threads() == 2  # the caller's setting is back after the loop
 
 
-def test_small_model_and_explicit_counts_ignore_the_load(monkeypatch, two_threads):
+def test_small_model_steps_few_rows_on_one_thread_and_many_like_a_large_model(monkeypatch, two_threads):
+    rows = policy_mod.SMALL_MODEL_ROWS
     assert _threads_during_steps(Engine(tiny_gpt(), max_batch=1), [0.5, 9.0], monkeypatch) == [1, 1]
+    few = Engine(tiny_gpt(), max_batch=rows - 1)
+    assert _threads_during_steps(few, [0.5, 0.5], monkeypatch, rows=rows - 1) == [1, 1]
+    many = Engine(tiny_gpt(), max_batch=rows)
+    assert _threads_during_steps(many, [0.5, 9.0, 1.0], monkeypatch, rows=rows) == [2, 1, 2]
+    assert torch.get_num_threads() == 2
+
+
+def test_explicit_counts_ignore_the_load_and_the_rows(monkeypatch, two_threads):
     monkeypatch.setattr(policy_mod, "SMALL_MODEL_PARAMS", 0)
     assert _threads_during_steps(Engine(tiny_gpt(), max_batch=1, threads=2), [9.0, 9.0], monkeypatch) == [
         2,
