@@ -149,6 +149,12 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
 
+    @property
+    def copies_bytes(self) -> int:
+        """Memory the decode fast path holds in weight copies (packed or transposed), beyond the model's."""
+        fast = self.scheduler.fast
+        return 0 if fast is None else fast.copies_bytes
+
     # -- submitting --------------------------------------------------------------------------------
     def submit(self, prompt: Sequence[int], params: SamplingParams | None = None) -> RequestHandle:
         """Queue `prompt` (token ids) for generation; returns immediately with its handle."""

@@ -171,6 +171,14 @@ def _find_onednn_pack():
 _onednn_pack = _find_onednn_pack()
 
 
+def _copy_of(product) -> torch.Tensor | None:
+    """The weight copy a product from `_linear` holds (packed or transposed), or None when it reads the
+    model's own weight."""
+    if isinstance(product, _Blocked):
+        return None if product.w_many is product.w else product.w_many
+    return product.keywords.get("mat2") if isinstance(product, partial) else None
+
+
 def _divisor(m: int, lo: int, hi: int) -> int | None:
     """The smallest divisor of m in [lo, hi], or None."""
     return next((d for d in range(lo, hi + 1) if m % d == 0), None)
@@ -248,6 +256,9 @@ class FastDecoder:
         self.ln_f = _norm(model.ln_f)
         self.head = linear(model.lm_head.weight, None)
         self._versions = self._fingerprint()
+        products = [self.head] + [f for ly in self.layers for f in (ly.qkv, ly.proj, ly.fc, ly.gate, ly.down)]
+        copies = [_copy_of(f) for f in products if f is not None]
+        self.copies_bytes = sum(t.numel() * t.element_size() for t in copies if t is not None)  # memory beyond the model's
 
     # -- staleness -----------------------------------------------------------------------------------
     def _fingerprint(self) -> list[tuple[int, int, int]]:

@@ -90,6 +90,7 @@ def test_packed_copy_is_made_only_when_asked_and_only_for_several_rows():
     plain, packed = _linear(w, None, chunk_min=1), _linear(w, None, chunk_min=1, pack_rows=8)
     assert plain.w_many is plain.w and packed.w_many is not packed.w  # the copy costs memory: only on request
     assert packed.w_many.is_mkldnn
+    assert fast_decode._copy_of(plain) is None and fast_decode._copy_of(packed) is packed.w_many
     x = torch.randn(1, 40)  # one row reads the model's own weight (blocked), never the copy
     w.mul_(2.0)
     torch.testing.assert_close(packed(x), F.linear(x, w), atol=1e-5, rtol=1e-5)
@@ -106,6 +107,14 @@ def test_transposed_copy_product_equals_linear_and_follows_no_later_edit(bias, n
     expected = product(x)
     w.mul_(2.0)  # a copy: the decoder must be rebuilt (FastDecoder.stale) to see this
     torch.testing.assert_close(product(x), expected)
+
+
+def test_engine_counts_the_memory_its_weight_copies_take():
+    m = tiny_gpt()
+    linears = [m.lm_head] + [x for x in m.modules() if isinstance(x, nn.Linear) and x is not m.lm_head]
+    weights = sum(x.weight.numel() * 4 for x in linears)
+    assert Engine(m, max_batch=1).copies_bytes == weights  # tiny: every product over a transposed copy
+    assert Engine(m, max_batch=1, fast=False).copies_bytes == 0
 
 
 @pytest.mark.parametrize("flavour", [{}, LLAMA], ids=["gpt2", "llama"])
