@@ -174,7 +174,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         json_mode=json_mode,
         logit_bias=bias,
     )
-    cid, created, name = f"chatcmpl-{uuid.uuid4().hex[:24]}", now_unix(), job.slot.name
+    reply = _Reply("chatcmpl", job.slot.name)
     names = {f["name"] for f in functions}
 
     def message(text: str) -> tuple[dict[str, Any], str]:
@@ -203,23 +203,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     if not body.stream:
         text = "".join([d async for d in job.deltas(request.is_disconnected)])
         msg, reason = message(text)
-        return {
-            "id": cid,
-            "object": "chat.completion",
-            "created": created,
-            "model": name,
-            "choices": [{"index": 0, "message": msg, "finish_reason": reason, "logprobs": None}],
-            "usage": _usage(job),
-        }
+        choice = {"index": 0, "message": msg, "finish_reason": reason, "logprobs": None}
+        return reply("chat.completion", choices=[choice], usage=_usage(job))
 
     def chunk(delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-        return {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}],
-        }
+        choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+        return reply("chat.completion.chunk", choices=[choice])
 
     async def events() -> AsyncIterator[bytes]:
         yield _sse(chunk({"role": "assistant", "content": ""}))
@@ -240,7 +229,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         elif held:
             yield _sse(chunk({"content": "".join(held)}))
         yield _sse(chunk({}, reason))
-        for end in _stream_end(body, job, cid, "chat.completion.chunk", created, name):
+        for end in _stream_end(body, job, reply, "chat.completion.chunk"):
             yield end
 
     return StreamingResponse(events(), media_type="text/event-stream")
@@ -261,7 +250,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     job = await asyncio.to_thread(
         start_job, _runner(request), body.model, prompt=prompt, options=options, logit_bias=bias
     )
-    cid, created, name = f"cmpl-{uuid.uuid4().hex[:24]}", now_unix(), job.slot.name
+    reply = _Reply("cmpl", job.slot.name)
     head = prompt if body.echo else ""
 
     def reason() -> str:
@@ -269,23 +258,11 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 
     if not body.stream:
         text = "".join([d async for d in job.deltas(request.is_disconnected)])
-        return {
-            "id": cid,
-            "object": "text_completion",
-            "created": created,
-            "model": name,
-            "choices": [{"index": 0, "text": head + text, "finish_reason": reason(), "logprobs": None}],
-            "usage": _usage(job),
-        }
+        choice = {"index": 0, "text": head + text, "finish_reason": reason(), "logprobs": None}
+        return reply("text_completion", choices=[choice], usage=_usage(job))
 
     def chunk(text: str, why: str | None = None) -> dict[str, Any]:
-        return {
-            "id": cid,
-            "object": "text_completion",
-            "created": created,
-            "model": name,
-            "choices": [{"index": 0, "text": text, "finish_reason": why, "logprobs": None}],
-        }
+        return reply("text_completion", choices=[{"index": 0, "text": text, "finish_reason": why, "logprobs": None}])
 
     async def events() -> AsyncIterator[bytes]:
         if head:
@@ -297,19 +274,29 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
             yield _sse(openai_error(str(e), e.status))
             return
         yield _sse(chunk("", reason()))
-        for end in _stream_end(body, job, cid, "text_completion", created, name):
+        for end in _stream_end(body, job, reply, "text_completion"):
             yield end
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def _stream_end(body: Any, job: Job, cid: str, obj: str, created: int, name: str) -> Iterator[bytes]:
+class _Reply:
+    """The fields every object of one response carries: `reply(object, **fields)` -> the dict with
+    the response's id (`prefix-...`), creation time and model name first."""
+
+    def __init__(self, prefix: str, model: str) -> None:
+        self.head = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": now_unix(), "model": model}
+
+    def __call__(self, obj: str, **fields: Any) -> dict[str, Any]:
+        return {"id": self.head["id"], "object": obj, "created": self.head["created"],
+                "model": self.head["model"], **fields}
+
+
+def _stream_end(body: Any, job: Job, reply: _Reply, obj: str) -> Iterator[bytes]:
     """How an SSE stream ends: a usage chunk with no choices if `stream_options.include_usage`
     asked for one, then `[DONE]`."""
     if body.stream_options and body.stream_options.include_usage:
-        yield _sse(
-            {"id": cid, "object": obj, "created": created, "model": name, "choices": [], "usage": _usage(job)}
-        )
+        yield _sse(reply(obj, choices=[], usage=_usage(job)))
     yield b"data: [DONE]\n\n"
 
 
