@@ -65,3 +65,18 @@ def emit(args: argparse.Namespace, obj: Any, human: Callable[[], None] | str | N
         print(human)
     else:
         print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def run_summary(result: Any, **fields: Any) -> dict[str, Any]:
+    """What every training verb reports first (a `train.loop.TrainResult`): where the model went, how
+    many steps ran and why it stopped; then the verb's own `fields`."""
+    return {"out": str(result.out_dir), "steps": result.steps, "stopped": result.stopped, **fields}
+
+
+def print_task_accuracy(result: dict | None) -> None:
+    """The per-task lines of an `eval.tasks.evaluate_tasks` result, then the overall one (nothing for None)."""
+    if not result:
+        return
+    for row in result["tasks"]:
+        print(f"  {row['task']:<14} {100 * row['accuracy']:5.1f}%")
+    print(f"  {'overall':<14} {100 * result['overall']:5.1f}%")

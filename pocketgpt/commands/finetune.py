@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketgpt.commands import add_verb, emit
+from pocketgpt.commands import add_verb, emit, print_task_accuracy, run_summary
 
 # per method: a learning rate that worked on the tiny preset (bench/peft_table.py); --lr overrides
 DEFAULT_LR = {None: 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 3e-2}  # the best measured on tiny (docs/finetuning.md)
@@ -155,9 +155,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     stage = sft_stage(model, tok, train_convs, val_convs, batch_size=cfg.batch_size, seed=cfg.seed,
                       pack=not args.no_pack, merge=args.merge, block_size=args.block_size)
     result = train(stage, cfg, Path(args.out), resume=args.resume)
-    summary = {"out": str(result.out_dir), "steps": result.steps, "stopped": result.stopped,
-               "train_loss": result.train_loss, "val_loss": result.val_loss, "skipped": len(problems),
-               "params": stage.settings["params"], "peft": args.peft}
+    summary = run_summary(result, train_loss=result.train_loss, val_loss=result.val_loss, skipped=len(problems),
+                          params=stage.settings["params"], peft=args.peft)
     if args.eval_tasks:
         from pocketgpt.eval.tasks import evaluate_tasks
         from pocketgpt.model.peft import load_model_with_adapter
@@ -168,10 +167,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     def human() -> None:
         print(f"{result.stopped} after {result.steps} steps: train loss {result.train_loss}, val loss {result.val_loss}")
         print(f"{summary['params']}; model directory: {result.out_dir}")
-        if "eval_tasks" in summary:
-            for row in summary["eval_tasks"]["tasks"]:
-                print(f"  {row['task']:<14} {100 * row['accuracy']:5.1f}%")
-            print(f"  {'overall':<14} {100 * summary['eval_tasks']['overall']:5.1f}%")
+        print_task_accuracy(summary.get("eval_tasks"))
     emit(args, summary, human)
     return 0
 

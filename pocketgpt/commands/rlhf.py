@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pocketgpt.commands import add_verb, emit
+from pocketgpt.commands import add_verb, emit, print_task_accuracy, run_summary
 
 PPO_EXAMPLE = """pocketgpt ppo --policy runs/tiny-sft --reward task --tasks arithmetic --out runs/tiny-ppo
 pocketgpt ppo --policy runs/tiny-sft --reward runs/tiny-rm --kl-target 2 --out runs/tiny-ppo-rm
@@ -331,15 +331,13 @@ def cmd_reward(args: argparse.Namespace) -> int:
     result = train(stage, cfg, Path(args.out), resume=args.resume)
     final = [r for r in result.history if "pair_acc" in r]
     acc = final[-1] if final else {}
-    summary = {
-        "out": str(result.out_dir),
-        "steps": result.steps,
-        "stopped": result.stopped,
-        "train_pairs": len(train_pairs),
-        "val_pairs": len(val_pairs),
-        "val_pair_accuracy": acc.get("pair_acc"),
-        "val_margin": acc.get("pair_margin"),
-    }
+    summary = run_summary(
+        result,
+        train_pairs=len(train_pairs),
+        val_pairs=len(val_pairs),
+        val_pair_accuracy=acc.get("pair_acc"),
+        val_margin=acc.get("pair_margin"),
+    )
     emit(
         args,
         summary,
@@ -419,18 +417,16 @@ def cmd_ppo(args: argparse.Namespace) -> int:
     rows = [r for r in result.history if "reward" in r]
     last = rows[-max(1, ppo.steps_per_rollout()) :]
     mean = lambda key: sum(r[key] for r in last) / len(last) if last else None  # noqa: E731
-    summary = {
-        "out": str(result.out_dir),
-        "steps": result.steps,
-        "stopped": result.stopped,
-        "reward": reward_name,
-        "first_reward": rows[0]["reward"] if rows else None,
-        "last_reward": mean("reward"),
-        "last_kl": mean("kl"),
-        "last_resp_len": mean("resp_len"),
-        "dashboard": str(png) if png else None,
-        "val": [r for r in result.history if "val_reward" in r][-1:],
-    }
+    summary = run_summary(
+        result,
+        reward=reward_name,
+        first_reward=rows[0]["reward"] if rows else None,
+        last_reward=mean("reward"),
+        last_kl=mean("kl"),
+        last_resp_len=mean("resp_len"),
+        dashboard=str(png) if png else None,
+        val=[r for r in result.history if "val_reward" in r][-1:],
+    )
     summary["eval_tasks"] = _eval_tasks(gpt, tok, args)
 
     def human() -> None:
@@ -442,7 +438,7 @@ def cmd_ppo(args: argparse.Namespace) -> int:
         print(
             f"metrics: {Path(args.out) / 'train' / 'metrics.jsonl'}; dashboard: {png}; policy: {result.out_dir}"
         )
-        _print_tasks(summary["eval_tasks"])
+        print_task_accuracy(summary["eval_tasks"])
 
     emit(args, summary, human)
     return 0
@@ -468,23 +464,21 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     )
     result = train(stage, cfg, Path(args.out), resume=args.resume)
     rows = [r for r in result.history if "reward_acc" in r]
-    summary = {
-        "out": str(result.out_dir),
-        "steps": result.steps,
-        "stopped": result.stopped,
-        "train_pairs": len(train_pairs),
-        "val_pairs": len(val_pairs),
-        "val_loss": result.val_loss,
-        "last_reward_acc": rows[-1]["reward_acc"] if rows else None,
-        "eval_tasks": _eval_tasks(model, tok, args),
-    }
+    summary = run_summary(
+        result,
+        train_pairs=len(train_pairs),
+        val_pairs=len(val_pairs),
+        val_loss=result.val_loss,
+        last_reward_acc=rows[-1]["reward_acc"] if rows else None,
+        eval_tasks=_eval_tasks(model, tok, args),
+    )
 
     def human() -> None:
         print(
             f"{result.stopped} after {result.steps} steps: train loss {result.train_loss}, held-out DPO loss "
             f"{result.val_loss} on {len(val_pairs)} pairs; policy: {result.out_dir}"
         )
-        _print_tasks(summary["eval_tasks"])
+        print_task_accuracy(summary["eval_tasks"])
 
     emit(args, summary, human)
     return 0
@@ -524,10 +518,3 @@ def _greedy_reward(policy, tok, template, items, reward, max_tokens: int):
 
     return evaluate
 
-
-def _print_tasks(result: dict | None) -> None:
-    if not result:
-        return
-    for row in result["tasks"]:
-        print(f"  {row['task']:<14} {100 * row['accuracy']:5.1f}%")
-    print(f"  {'overall':<14} {100 * result['overall']:5.1f}%")

@@ -15,7 +15,7 @@ import types
 import typing
 from pathlib import Path
 
-from pocketgpt.commands import add_verb, emit
+from pocketgpt.commands import add_verb, emit, run_summary
 
 SKIP_MODEL = {"arch", "extra"}  # pretrain trains decoder-only GPTs; extra is provenance
 
@@ -95,9 +95,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
     samples = _samples(result.out_dir, args.samples) if args.samples else {}
-    summary = {"out": str(result.out_dir), "steps": result.steps, "stopped": result.stopped,
-               "train_loss": result.train_loss, "val_loss": result.val_loss,
-               "tokens": result.history[-1].get("tokens") if result.history else 0, "samples": samples}
+    summary = run_summary(result, train_loss=result.train_loss, val_loss=result.val_loss,
+                          tokens=result.history[-1].get("tokens") if result.history else 0, samples=samples)
 
     def human() -> None:
         print(f"{result.stopped} after {result.steps} steps: train loss {result.train_loss}, val loss {result.val_loss}")
