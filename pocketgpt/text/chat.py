@@ -43,7 +43,7 @@ class ChatTemplate:
     headers: Mapping[str, str] = field(compare=False)  # read-only; templates compare by the rest
     close: str
     sep: str
-    stop: tuple[str, ...]  # strings that end an assistant turn when generating
+    stop: tuple[str, ...]  # what ends an assistant turn when generating: the close, and a model starting a new turn
     description: str = field(default="", compare=False)
 
     # --- text ------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ POCKETGPT = ChatTemplate(
                               "assistant": specials.ASSISTANT, "tool": TOOL}),
     close=specials.END,
     sep="\n",
-    stop=(specials.END,),
+    stop=(specials.END, specials.USER, specials.SYSTEM),  # the turn's end, or the model writing the next turn
     description="pocketgpt's own role tokens (text/specials.py), reserved in every tokenizer it trains",
 )
 CHATML = ChatTemplate(
@@ -135,7 +135,7 @@ CHATML = ChatTemplate(
     headers=MappingProxyType({r: f"<|im_start|>{r}\n" for r in ROLES}),
     close="<|im_end|>",
     sep="\n",
-    stop=("<|im_end|>",),
+    stop=("<|im_end|>", "<|im_start|>"),
     description="ChatML (OpenAI; SmolLM2, Qwen): <|im_start|>role\\n ... <|im_end|>",
 )
 PLAIN = ChatTemplate(
@@ -143,7 +143,7 @@ PLAIN = ChatTemplate(
     headers=MappingProxyType({r: f"{r.capitalize()}: " for r in ROLES}),
     close="\n",
     sep="",
-    stop=("\nUser:",),
+    stop=("\nUser:", "\nSystem:"),
     description="plain text for tokenizers without chat tokens (GPT-2): 'User: ...\\nAssistant: ...'",
 )
 TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (POCKETGPT, CHATML, PLAIN)}

@@ -105,13 +105,15 @@ def test_tool_role_without_a_tool_token_is_text(tok):
 def test_stop_ids_and_template_for(tok):
     assert template_for(tok) is POCKETGPT
     sp = tok.special_tokens
-    assert POCKETGPT.stop_ids(tok) == [sp[specials.END], sp[specials.EOT]]
+    # the turn's end first, then a model that starts a new turn instead of closing this one
+    turns = [sp[specials.END], sp[specials.USER], sp[specials.SYSTEM]]
+    assert POCKETGPT.stop_ids(tok) == [*turns, sp[specials.EOT]]
     gpt2 = Tokenizer.gpt2()
     assert template_for(gpt2) is PLAIN and PLAIN.stop_ids(gpt2) == [50256]
     ids, mask = PLAIN.encode_with_mask(gpt2, CONV[1:3])
     assert gpt2.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "3\n"
     ml = Tokenizer(dict(gpt2.ranks), {"<|endoftext|>": 50256, "<|im_start|>": 50257, "<|im_end|>": 50258})
-    assert template_for(ml) is CHATML and CHATML.stop_ids(ml) == [50258, 50256]
+    assert template_for(ml) is CHATML and CHATML.stop_ids(ml) == [50258, 50257, 50256]
     ids, mask = CHATML.encode_with_mask(ml, CONV[1:3])
     assert ids == ml.encode(CHATML.render(CONV[1:3], add_generation_prompt=False))
     assert [i for i, m in zip(ids, mask, strict=True) if m] == ml.encode("3") + [50258]
