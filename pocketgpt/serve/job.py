@@ -195,17 +195,29 @@ def _start_id(tokenizer: Any) -> int:
 async def follow(handle: Any, disconnected: Any, check_every: float = 0.1) -> Any:
     """Async-iterate a RequestHandle's text deltas without a thread per request and without polling:
     the engine's thread wakes this coroutine (`handle.notify` -> `call_soon_threadsafe`) when text is
-    ready. Cancels the generation when the consumer stops iterating (a streaming response whose client
-    left) or when `await disconnected()` turns true, asked every `check_every` seconds (a whole-answer
-    request whose client gave up: nothing is being sent, so only asking notices)."""
+    ready, and each wake yields all the text queued by then as one delta (a busy server sends fewer,
+    larger chunks instead of falling behind one token per chunk). Cancels the generation when the
+    consumer stops iterating (a streaming response whose client left) or when `await disconnected()`
+    turns true, asked every `check_every` seconds (a whole-answer request whose client gave up:
+    nothing is being sent, so only asking notices)."""
     import asyncio
 
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
+    pending = False  # a wake-up is on its way to the loop: later tokens ride on it
+
+    def woken() -> None:  # the loop's thread
+        nonlocal pending
+        pending = False  # first: a token queued after this line schedules a new wake-up
+        ready.set()
 
     def wake() -> None:  # engine thread
+        nonlocal pending
+        if pending:
+            return
+        pending = True
         try:
-            loop.call_soon_threadsafe(ready.set)
+            loop.call_soon_threadsafe(woken)
         except RuntimeError:  # the loop closed (server shutting down): nobody is waiting any more
             pass
 
@@ -221,8 +233,9 @@ async def follow(handle: Any, disconnected: Any, check_every: float = 0.1) -> An
         while True:
             ready.clear()  # before reading, so text that lands after the read wakes the next wait
             done = handle.done
-            for d in handle.ready():
-                yield d
+            text = "".join(handle.ready())
+            if text:
+                yield text
             if done:
                 return
             if time.monotonic() >= next_check:
