@@ -47,7 +47,8 @@ from pocketgpt.model import peft  # noqa: E402
 METHODS = ("full", "lora", "lora-all", "prefix", "prompt")
 # learning rates per method, as in the runs docs/finetuning.md reports
 LR = {"full": 1e-3, "lora": 3e-3, "lora-all": 1e-2, "prefix": 1e-1, "prompt": 3e-2}
-ALL_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")  # "lora-all": LoRA on every block Linear
+# "lora-all": LoRA on every block Linear, as the CLI does by default (mlp.gate only in SwiGLU models)
+ALL_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj", "mlp.gate")
 
 
 def base_model(model_dir: str | None, device: str):
@@ -133,12 +134,13 @@ def saved_activation_bytes(model, x, y) -> int:
 
 def time_steps(args) -> list[dict]:
     from pocketgpt.train.optim import make_optimizer
+    from pocketgpt.train.sft import row_length
 
     dev = args.device
     runs = {}
     for m in METHODS:
         model, tok = fresh(m, args.model, dev, args.r, args.n_virtual)
-        T = model.config.block_size - (args.n_virtual if m == "prompt" else 0)
+        T = row_length(model, args.block_size)  # the soft prompt's positions come off the row
         x, y = batch(tok, T, args.batch_size, dev)
         opt = make_optimizer(model, LR[m], 0.0, (0.9, 0.95), torch.device(dev).type)
         runs[m] = dict(
@@ -201,7 +203,8 @@ def accuracy(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="peft_table_"))
     for m in args.methods.split(","):
         model, tok = fresh(m, args.model, args.device, args.r, args.n_virtual)
-        stage = sft_stage(model, tok, convs[50:], convs[:50], batch_size=args.batch_size, seed=0)
+        stage = sft_stage(model, tok, convs[50:], convs[:50], batch_size=args.batch_size, seed=0,
+                          block_size=args.block_size)
         cfg = TrainConfig(
             max_steps=args.sft_steps,
             batch_size=args.batch_size,
@@ -241,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="base model directory (default: tiny preset, random init)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--block-size", type=int, default=None, help="tokens per row (default: as `pocketgpt sft`: the context, at most 1024)"
+    )
     ap.add_argument("--steps", type=int, default=5, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--r", type=int, default=8, help="LoRA rank (alpha = 2r)")
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     where = args.model or "tiny preset, random init"
     rows = time_steps(args)
     print(
-        f"\nbase: {where}; device {args.device}; batch {args.batch_size} rows of block_size tokens; "
+        f"\nbase: {where}; device {args.device}; batch {args.batch_size} rows of {args.block_size or 'block_size'} tokens; "
         f"best of {args.rounds} rounds x {args.steps} steps; load average {os.getloadavg()[0]:.2f}"
     )
     print("machine:", json.dumps(machine()), "\n")
