@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                  example="pocketgpt data instructions --out sft.jsonl --n 4000\n"
                          "pocketgpt sft runs/tiny --data sft.jsonl --out runs/tiny-sft\n"
                          "pocketgpt sft runs/tiny --data builtin --n 4000 --peft lora --lora-r 8 --out runs/tiny-lora\n"
+                         "pocketgpt sft out/demo/smollm2 --data builtin --peft lora --block-size 256 --out runs/smol-lora\n"
                          "pocketgpt generate runs/tiny-lora --chat '3 + 4 = ?'",
                  func=cmd_sft)
     p.add_argument("model", metavar="MODEL", help="base model directory (e.g. from `pocketgpt pretrain`)")
