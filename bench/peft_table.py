@@ -269,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         + ")",
     )
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--plot", default=None, metavar="PNG", help="with --scores: accuracy per task as bars")
     args = ap.parse_args(argv)
     scores = read_scores(args.scores)
     torch.set_num_threads(args.threads)
@@ -296,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         result["accuracy"] = {m: s["overall"] for m, s in scores.items()}
         result["accuracy"].update({f"{m}_tasks": s["tasks"] for m, s in scores.items()})
         print_scores(rows, scores)
+        if args.plot:
+            plot_scores(scores, args.plot, f"held-out task accuracy, base {where}")
+            print(f"plot: {args.plot}")
     elif args.accuracy:
         acc = accuracy(args)
         result["accuracy"] = acc
@@ -309,6 +313,31 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps(closing_line(result)))
     return 0
+
+
+def plot_scores(scores: dict[str, dict], path: str, title: str) -> None:
+    """Grouped bars: held-out accuracy per task (and overall) for every scored method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(scores)
+    tasks = [*next(iter(scores.values()))["tasks"], "overall"]
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    for i, m in enumerate(names):
+        vals = [100 * (scores[m]["overall"] if t == "overall" else scores[m]["tasks"].get(t, 0.0)) for t in tasks]
+        ax.bar([k + (i - (len(names) - 1) / 2) * width for k in range(len(tasks))], vals, width, label=m)
+    ax.set_xticks(range(len(tasks)), tasks, fontsize=8)
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, ncol=len(names))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def read_scores(specs: list[str]) -> dict[str, dict]:
