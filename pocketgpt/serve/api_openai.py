@@ -285,11 +285,10 @@ class _Reply:
     the response's id (`prefix-...`), creation time and model name first."""
 
     def __init__(self, prefix: str, model: str) -> None:
-        self.head = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": now_unix(), "model": model}
+        self.id, self.created, self.model = f"{prefix}-{uuid.uuid4().hex[:24]}", now_unix(), model
 
     def __call__(self, obj: str, **fields: Any) -> dict[str, Any]:
-        return {"id": self.head["id"], "object": obj, "created": self.head["created"],
-                "model": self.head["model"], **fields}
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, **fields}
 
 
 def _stream_end(body: Any, job: Job, reply: _Reply, obj: str) -> Iterator[bytes]:
