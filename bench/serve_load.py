@@ -53,7 +53,8 @@ SERVE = """
 import sys, uvicorn
 from pocketgpt.serve.api import create_app
 from pocketgpt.serve.store import Store
-uvicorn.run(create_app(Store(sys.argv[1])), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+app = create_app(Store(sys.argv[1]), stream_interval=float(sys.argv[3]) if len(sys.argv) > 3 else None)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
 
@@ -81,12 +82,13 @@ def build_store(root: Path) -> Path:
     return root / "store"
 
 
-def start_server(store: Path) -> tuple[subprocess.Popen, str]:
+def start_server(store: Path, stream_interval: float | None = None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, str(store), str(port)],
+        [sys.executable, "-c", SERVE, str(store), str(port)]
+        + ([] if stream_interval is None else [str(stream_interval / 1000)]),
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )

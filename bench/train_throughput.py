@@ -38,6 +38,7 @@ CONFIGS = {
     "b": dict(n_layer=6, n_head=6, d_model=384, block_size=256, batch=8, vocab_size=8192, steps=4),
 }
 LR, WEIGHT_DECAY = 3e-4, 0.1
+AMP = {"fp32": None, "bf16": torch.bfloat16}  # --dtype: what both models compute their products in
 
 
 def machine() -> dict:
@@ -78,13 +79,16 @@ def hf_loss(hf: torch.nn.Module) -> Callable:
     return loss
 
 
-def make_step(loss_fn: Callable, params, fused: bool) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """One training step: zero_grad, forward + loss, backward, AdamW."""
+def make_step(loss_fn: Callable, params, fused: bool, amp: torch.dtype | None = None
+              ) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """One training step: zero_grad, forward + loss (under CPU autocast to `amp`, if given: the
+    products in that dtype, the weights and the optimizer in fp32), backward, AdamW."""
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY, fused=fused or None)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(x, y)
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = loss_fn(x, y)
         loss.backward()
         opt.step()
         return loss.item()
@@ -126,8 +130,9 @@ def run_config(name: str, args: argparse.Namespace) -> dict:
     with torch.no_grad():
         diff = abs(ours(x, y).item() - hf_loss(hf)(x, y).item())
     print(f"\nconfig {name}: {json.dumps(spec)}   same loss at init: |ours - hf| = {diff:.2e}   load {os.getloadavg()[0]:.2f}")
-    steps = {"ours": make_step(ours, ours.parameters(), fused=True),
-             "hf": make_step(hf_loss(hf), hf.parameters(), fused=False)}
+    amp = AMP[args.dtype]
+    steps = {"ours": make_step(ours, ours.parameters(), fused=True, amp=amp),
+             "hf": make_step(hf_loss(hf), hf.parameters(), fused=False, amp=amp)}
     if args.compile:
         compiled = torch.compile(ours)
         steps["ours compiled"] = make_step(compiled, ours.parameters(), fused=True)
@@ -153,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="steps per round (default 30 for a, 4 for b)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=list(AMP), default="fp32",
+                    help="fp32, or bf16: both models under CPU autocast (needs AVX-512 BF16 / AMX to pay)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
     ap.add_argument("--profile", action="store_true", help="print the top ops of one of our steps")
     args = ap.parse_args(argv)

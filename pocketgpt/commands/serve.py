@@ -56,6 +56,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="BYTES",
         help="largest request body accepted (default 8 MiB; blob uploads are exempt)",
     )
+    p.add_argument(
+        "--stream-interval",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="while a model serves several requests, each stream sends at most one chunk per MS "
+        "milliseconds, with all its new text (default 10; 0 = every token; a lone stream always "
+        "gets every token)",
+    )
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
     p.add_argument(
         "--log-level",
@@ -115,6 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise PocketError(f"--port {port} is not a port number (0-65535)")
     key = args.api_key or os.environ.get("POCKETGPT_API_KEY") or None
     keep_alive = parse_keep_alive(args.keep_alive)
+    if args.stream_interval is not None and not 0 <= args.stream_interval <= 10_000:
+        raise PocketError(f"--stream-interval {args.stream_interval:g} ms is out of range; give 0-10000")
     store = Store(args.store)
     app = create_app(
         store,
@@ -123,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body=args.max_body or MAX_BODY,
         device=args.device,
         keep_alive=keep_alive,
+        stream_interval=None if args.stream_interval is None else args.stream_interval / 1000,
     )
     names = store.names()
     print(

@@ -155,6 +155,12 @@ class Engine:
         fast = self.scheduler.fast
         return 0 if fast is None else fast.copies_bytes
 
+    @property
+    def load(self) -> int:
+        """Requests submitted and not finished (running, waiting or not yet seen by a step). Read
+        without the lock: a moment's count, for heuristics such as the server's stream spacing."""
+        return self._inbox.qsize() + len(self.scheduler.running) + len(self.scheduler.waiting)
+
     # -- submitting --------------------------------------------------------------------------------
     def submit(self, prompt: Sequence[int], params: SamplingParams | None = None) -> RequestHandle:
         """Queue `prompt` (token ids) for generation; returns immediately with its handle."""

@@ -41,15 +41,16 @@ def create_app(
     device: str = "cpu",
     keep_alive: float | None = None,
     blob_rate: float | None = None,
+    stream_interval: float | None = None,
 ) -> FastAPI:
     """The server over `store` (default $POCKETGPT_HOME/models). `keep_alive`: default seconds a
-    model stays loaded; `blob_rate`: cap on bytes/s per blob download served (None = no cap)."""
+    model stays loaded; `blob_rate`: cap on bytes/s per blob download served (None = no cap);
+    `stream_interval`: seconds between a stream's chunks while a model serves several (Runner)."""
     from pocketgpt.serve import api_ollama, api_openai, transfer
 
     store = store or Store()
-    runner = runner or Runner(
-        store, device=device, **({"default_keep_alive": keep_alive} if keep_alive is not None else {})
-    )
+    settings = {"default_keep_alive": keep_alive, "stream_interval": stream_interval}
+    runner = runner or Runner(store, device=device, **{k: v for k, v in settings.items() if v is not None})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -70,7 +70,9 @@ class Job:
         """The text deltas as they come; the lease ends when they do (or the client leaves). Raises
         ApiError (500) at the end if the engine failed the generation."""
         try:
-            async for d in follow(self.handle, disconnected):
+            engine, interval = self.slot.engine, self.runner.stream_interval
+            gap = lambda: interval if engine.load > 1 else 0.0  # noqa: E731 (a lone stream: every token)
+            async for d in follow(self.handle, disconnected, min_gap=gap):
                 if self.t_first is None:
                     self.t_first = time.perf_counter()
                 yield d
@@ -192,14 +194,22 @@ def _start_id(tokenizer: Any) -> int:
     return tokenizer.special_tokens.get("<|endoftext|>", 0)
 
 
-async def follow(handle: Any, disconnected: Any, check_every: float = 0.1) -> Any:
+async def follow(
+    handle: Any, disconnected: Any, check_every: float = 0.1, min_gap: Any = lambda: 0.0
+) -> Any:
     """Async-iterate a RequestHandle's text deltas without a thread per request and without polling:
     the engine's thread wakes this coroutine (`handle.notify` -> `call_soon_threadsafe`) when text is
     ready, and each wake yields all the text queued by then as one delta (a busy server sends fewer,
     larger chunks instead of falling behind one token per chunk). Cancels the generation when the
     consumer stops iterating (a streaming response whose client left) or when `await disconnected()`
     turns true, asked every `check_every` seconds (a whole-answer request whose client gave up:
-    nothing is being sent, so only asking notices)."""
+    nothing is being sent, so only asking notices).
+
+    `min_gap()` (seconds) spaces a stream's chunks: after one chunk the next waits until that much
+    time has passed, and carries every token made meanwhile. Each chunk costs the server a JSON
+    line, an HTTP write and a wake-up of its event loop, on the same GIL and cores as the engine's
+    steps; when many streams share the engine, fewer, larger chunks leave it more of both. The first
+    chunk and the end are never held back beyond the gap."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -236,8 +246,12 @@ async def follow(handle: Any, disconnected: Any, check_every: float = 0.1) -> An
             text = "".join(handle.ready())
             if text:
                 yield text
+                sent = time.monotonic()
             if done:
                 return
+            if text and (gap := min_gap()) > 0:
+                await asyncio.sleep(max(sent + gap - time.monotonic(), 0.0))
+                continue
             if time.monotonic() >= next_check:
                 if await disconnected():
                     return

@@ -30,6 +30,7 @@ from pocketgpt.serve.loaded import LoadedModel, load_store_model
 from pocketgpt.serve.store import Store, full_name
 
 DEFAULT_KEEP_ALIVE = 300.0
+DEFAULT_STREAM_INTERVAL = 0.01  # seconds between chunks of a stream while a model serves several
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -103,8 +104,13 @@ class Runner:
         device: str = "cpu",
         max_batch: int = 16,
         default_keep_alive: float = DEFAULT_KEEP_ALIVE,
+        stream_interval: float = DEFAULT_STREAM_INTERVAL,
     ) -> None:
+        """`stream_interval` (seconds): while a model's engine runs more than one request, each
+        stream sends at most one chunk per interval (all its new text); a lone stream sends every
+        token as it comes. See `job.follow`."""
         self.store, self.device, self.max_batch = store, device, max_batch
+        self.stream_interval = stream_interval
         self.default_keep_alive = default_keep_alive
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()  # guards _slots

@@ -238,3 +238,33 @@ def test_curl_style_bodies_are_json_too(live: LiveServer) -> None:
         timeout=30,
     )
     assert r.status_code == 200 and r.json()["eval_count"] == 8
+
+
+def _stream_times(url: str, out: list[float]) -> None:
+    """POST a long streamed /api/generate; append each text line's arrival time to `out`."""
+    body = {"model": "tiny-long", "prompt": "x", "options": {"num_predict": 600, "temperature": 0}}
+    with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=60) as resp:
+        for line in resp.iter_lines():
+            if line and json.loads(line).get("response"):
+                out.append(time.monotonic())
+
+
+def test_streams_sharing_a_model_get_spaced_chunks_a_lone_stream_every_token(live: LiveServer) -> None:
+    import threading
+
+    from tests.serve.conftest import start_server
+
+    server = start_server(live.store, stream_interval=0.25)
+    try:
+        lone: list[float] = []
+        _stream_times(server.url, lone)
+        assert min(b - a for a, b in zip(lone, lone[1:])) < 0.1  # no interval with one stream
+        pair: list[list[float]] = [[], []]
+        threads = [threading.Thread(target=_stream_times, args=(server.url, t)) for t in pair]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        for times in pair:
+            gaps = sorted(b - a for a, b in zip(times, times[1:]))
+            assert gaps and gaps[len(gaps) // 2] >= 0.2, gaps  # while both run: one chunk per 0.25 s
+    finally:
+        server.stop()

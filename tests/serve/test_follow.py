@@ -58,3 +58,32 @@ def test_a_client_that_leaves_cancels_the_generation():
         assert handle.result().finish_reason == "cancelled"
     finally:
         engine.stop()
+
+
+def test_a_minimum_gap_spaces_the_chunks_and_loses_no_text():
+    engine = Engine(tiny_gpt(vocab_size=257, block_size=512), byte_tokenizer(), max_batch=1).start()
+    try:
+        handle = engine.submit([72, 105], SamplingParams(max_tokens=300, temperature=0.0))
+
+        async def run() -> list[tuple[float, str]]:
+            loop = asyncio.get_running_loop()
+            return [(loop.time(), d) async for d in follow(handle, _never, min_gap=lambda: 0.05)]
+
+        timed = asyncio.run(run())
+        assert "".join(d for _, d in timed) == handle.result().text
+        gaps = [b - a for (a, _), (b, _) in zip(timed, timed[1:])]
+        assert all(g >= 0.045 for g in gaps)  # never closer than the gap (timer resolution aside)
+    finally:
+        engine.stop()
+
+
+def test_engine_load_counts_submitted_running_and_waiting_requests():
+    engine = Engine(tiny_gpt(vocab_size=257), byte_tokenizer(), max_batch=1)
+    assert engine.load == 0
+    handles = [engine.submit([72], SamplingParams(max_tokens=3, temperature=0.0)) for _ in range(3)]
+    assert engine.load == 3  # in the inbox, not yet seen by a step
+    engine.step()
+    assert engine.load == 3  # one running (one slot), two waiting
+    while engine.step():
+        pass
+    assert engine.load == 0 and all(h.done for h in handles)
