@@ -178,7 +178,7 @@ def pretrain_stage(model: torch.nn.Module, prepared: Prepared, *, batch_size: in
         save_model(model, out, prepared.tokenizer)
 
     flops = flops_per_token(config, param_counts(config), T)["training"]
-    return Stage("pretrain", model, batches, loss, save, tokens_per_row=T, flops_per_token=flops,
+    return Stage("pretrain", model, batches, loss, save, tokens_per_row=T, flops_per_token=flops, cpu_bf16=True,
                  settings={"shards": str(prepared.shards), "block_size": T})
 
 

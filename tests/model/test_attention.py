@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from pocketgpt.config import ModelConfig
 from pocketgpt.model.attention import (
+    PRODUCTS_MAX_T,
+    _products_win,
     CrossAttention,
     KVCache,
     SelfAttention,
@@ -215,3 +217,21 @@ def test_pre_ln_and_post_ln_structure():
     # post-LN output is normalised (mean 0, std 1 per token before the affine, which is identity at init)
     assert torch.allclose(out.mean(-1), torch.zeros(1, 4), atol=1e-5)
     assert pre(x * 100).std() > 10  # pre-LN keeps the residual stream's scale
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_cpu_causal_attention_by_products_matches_the_reference(dtype):
+    q, k, v = _qkv(B=2, Tq=9, Tk=9)
+    assert _products_win(q.to(dtype)) and not _products_win(q)  # fp32 keeps the fused kernel
+    long = torch.zeros(1, 1, PRODUCTS_MAX_T + 1, 8, dtype=dtype)
+    assert not _products_win(long)  # past the length where writing the scores out pays
+    ref, _ = naive_attention(q, k, v, causal=True)
+    qh, kh, vh = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    half = sdpa_attention(qh, kh, vh, causal=True)  # takes _causal_by_products
+    assert half.dtype == dtype
+    torch.testing.assert_close(half.to(ref.dtype), ref, atol=2e-2, rtol=2e-2)
+    g = torch.randn_like(ref)
+    grads_ref = torch.autograd.grad(ref, (q, k, v), g)
+    grads_half = torch.autograd.grad(half, (qh, kh, vh), g.to(dtype))
+    for a, b in zip(grads_ref, grads_half, strict=True):
+        torch.testing.assert_close(b.to(a.dtype), a, atol=5e-2, rtol=5e-2)

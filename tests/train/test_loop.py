@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from loop_toy import toy_stage, toy_train_config
 
 from pocketgpt.errors import ConfigMismatch
 from pocketgpt.train import state
-from pocketgpt.train.loop import TrainConfig, train
+from pocketgpt.train.loop import TrainConfig, _amp_dtype, cpu_has_bf16, train
 from pocketgpt.train.optim import lr_at, param_groups
 
 HERE = Path(__file__).resolve().parent
@@ -245,3 +246,11 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path):
                  tmp_path / "bf16")
     assert bf16.train_loss < bf16.history[0]["loss"]  # it learns
     assert abs(bf16.val_loss - fp32.val_loss) < 0.1  # and lands near the fp32 run (bf16 has ~3 significant digits)
+
+
+def test_auto_dtype_takes_bf16_on_a_bf16_cpu_only_for_stages_that_allow_it():
+    cpu = torch.device("cpu")
+    assert _amp_dtype("auto", cpu) is None  # PPO, DPO, SFT, reward: fp32 on CPUs
+    assert _amp_dtype("auto", cpu, cpu_bf16=True) == (torch.bfloat16 if cpu_has_bf16() else None)  # pretrain
+    assert _amp_dtype("fp32", cpu, cpu_bf16=True) is None  # asked for: obeyed
+    assert _amp_dtype("bf16", cpu) == torch.bfloat16

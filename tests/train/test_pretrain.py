@@ -34,6 +34,10 @@ def test_pretrain_trains_saves_and_resumes(cli, text_file, tmp_path):
     assert config["n_layer"] == 1 and config["vocab_size"] <= 320 and config["eos_id"] >= 0
     assert (out / "pocketgpt-tokenizer.json").is_file() and (out / "train" / "loss.png").is_file()
     assert len(first["samples"]) >= 2  # English prompts, plus Chinese ones: the corpus had Chinese
+    from pocketgpt.train.loop import cpu_has_bf16
+
+    run = json.loads((out / "train" / "run.json").read_text())  # dtype auto: bf16 where the CPU has it
+    assert run["autocast"] == ("bfloat16" if cpu_has_bf16() else "off (fp32)")
     more = json.loads(cli("pretrain", *SMALL, "--data", str(text_file), "--max-steps", "30", "--out", str(out),
                           "--resume").stdout)
     assert more["steps"] == 30
