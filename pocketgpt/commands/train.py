@@ -52,9 +52,11 @@ def _dataclass_flags(group, cls, *, skip: set[str], dest_prefix: str) -> None:
         kind = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         if kind is bool:
-            group.add_argument(flag, dest=dest_prefix + f.name, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, dest=dest_prefix + f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=f.metadata.get("help"))
         else:
-            group.add_argument(flag, dest=dest_prefix + f.name, type=kind, default=None, metavar=f.name.upper())
+            group.add_argument(flag, dest=dest_prefix + f.name, type=kind, default=None, metavar=f.name.upper(),
+                               help=f.metadata.get("help"))
 
 
 def _base_type(hint):

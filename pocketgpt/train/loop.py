@@ -62,7 +62,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (bf16 autocast on GPUs and CPUs that compute bf16 natively, else fp32) | fp32 | bf16 | fp16
+    dtype: str = field(default="auto", metadata={"help": (
+        "auto | fp32 | bf16 | fp16 (default auto: bf16 autocast on GPUs that have it, and for pretraining on "
+        "CPUs with AVX-512 BF16 or AMX; else fp32)")})
     compile: bool = False  # torch.compile the model
     fsdp: bool = False  # shard the model over the torchrun processes instead of replicating it (DDP)
     progress: bool = True

@@ -90,7 +90,7 @@ def test_packed_copy_is_made_only_when_asked_and_only_for_several_rows():
     plain, packed = _linear(w, None, chunk_min=1), _linear(w, None, chunk_min=1, pack_rows=8)
     assert plain.w_many is plain.w and packed.w_many is not packed.w  # the copy costs memory: only on request
     assert packed.w_many.is_mkldnn
-    assert fast_decode._copy_of(plain) is None and fast_decode._copy_of(packed) is packed.w_many
+    assert fast_decode._copies_of(plain) == [] and fast_decode._copies_of(packed)[0] is packed.w_many
     x = torch.randn(1, 40)  # one row reads the model's own weight (blocked), never the copy
     w.mul_(2.0)
     torch.testing.assert_close(packed(x), F.linear(x, w), atol=1e-5, rtol=1e-5)
@@ -107,6 +107,17 @@ def test_transposed_copy_product_equals_linear_and_follows_no_later_edit(bias, n
     expected = product(x)
     w.mul_(2.0)  # a copy: the decoder must be rebuilt (FastDecoder.stale) to see this
     torch.testing.assert_close(product(x), expected)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_small_models_large_weight_has_a_packed_copy_for_several_rows(n):
+    torch.manual_seed(0)
+    w, x = torch.randn(300, 40), torch.randn(n, 40)
+    product = _linear(w, None, chunk_min=1000, transpose=True, pack_rows=8)  # 12,000 >= chunk_min
+    assert isinstance(product, fast_decode._Transposed) and len(fast_decode._copies_of(product)) == 2
+    torch.testing.assert_close(product(x), F.linear(x, w), atol=1e-5, rtol=1e-5)
+    small = _linear(w, None, chunk_min=10**6, transpose=True, pack_rows=8)  # below chunk_min: one copy
+    assert not isinstance(small, fast_decode._Transposed) and len(fast_decode._copies_of(small)) == 1
 
 
 def test_engine_counts_the_memory_its_weight_copies_take():
