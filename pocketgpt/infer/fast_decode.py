@@ -87,7 +87,7 @@ def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: 
         wt = w.t().contiguous()  # (in, out)
         one = partial(torch.mm, mat2=wt) if b is None else partial(torch.addmm, b, mat2=wt)
         if pack_rows > 1 and w.numel() >= chunk_min and _onednn_pack is not None and w.dtype == torch.float32:
-            return _Transposed(one, wt, _onednn_pack(w, pack_rows), b)
+            return _Transposed(one, _onednn_pack(w, pack_rows), b)
         return one
     if on_cpu and w.numel() >= chunk_min and blocks:
         return _Blocked(w, b, pack_rows)
@@ -136,7 +136,7 @@ class _Blocked:
                 return torch.bmm(self.w_rows, xs).view(1, -1)  # (c, out/c, 1) -> (1, out)
             return torch.baddbmm(self.b_rows, self.w_rows, xs).view(1, -1)
         if n > 1 and self.onednn:
-            return _onednn_linear(x.contiguous(), self.w_many, self.b, "none", [], "")
+            return _onednn_product(x, self.w_many, self.b)
         if n > 1 and self.cols:
             c = self.cols
             parts = torch.bmm(x.view(n, c, inner // c).transpose(0, 1), self.w_cols)  # (c, n, out)
@@ -151,13 +151,14 @@ class _Transposed:
     several (106 vs 181-209 µs at 8 rows, where MKL's small-M product over the transposed copy
     crawls)."""
 
-    def __init__(self, one, wt: torch.Tensor, packed: torch.Tensor, b: torch.Tensor | None) -> None:
-        self.one, self.wt, self.packed, self.b = one, wt, packed, b
+    def __init__(self, one: partial, packed: torch.Tensor, b: torch.Tensor | None) -> None:
+        """`one`: the one-row product over the transposed copy (`_linear`'s addmm / mm)."""
+        self.one, self.packed, self.b = one, packed, b
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.size(0) == 1:
             return self.one(x)
-        return _onednn_linear(x.contiguous(), self.packed, self.b, "none", [], "")
+        return _onednn_product(x, self.packed, self.b)
 
 
 def _find_onednn_linear():
@@ -171,6 +172,11 @@ def _find_onednn_linear():
 
 
 _onednn_linear = _find_onednn_linear()
+
+
+def _onednn_product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x (n, in) @ w^T + b through oneDNN's inner product; `w` plain or packed by `_onednn_pack`."""
+    return _onednn_linear(x.contiguous(), w, b, "none", [], "")
 
 
 def _find_onednn_pack():
@@ -195,7 +201,7 @@ def _copies_of(product) -> list[torch.Tensor]:
     if isinstance(product, _Blocked):
         return [] if product.w_many is product.w else [product.w_many]
     if isinstance(product, _Transposed):
-        return [product.wt, product.packed]
+        return [*_copies_of(product.one), product.packed]
     mat2 = product.keywords.get("mat2") if isinstance(product, partial) else None
     return [] if mat2 is None else [mat2]
 
