@@ -10,6 +10,8 @@ import json
 import socket
 import time
 from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -240,31 +242,61 @@ def test_curl_style_bodies_are_json_too(live: LiveServer) -> None:
     assert r.status_code == 200 and r.json()["eval_count"] == 8
 
 
-def _stream_times(url: str, out: list[float]) -> None:
-    """POST a long streamed /api/generate; append each text line's arrival time to `out`."""
-    body = {"model": "tiny-long", "prompt": "x", "options": {"num_predict": 600, "temperature": 0}}
-    with httpx.stream("POST", f"{url}/api/generate", json=body, timeout=60) as resp:
+def _stream_times(url: str, out: list[float], max_tokens: int, eos: int) -> None:
+    """POST a streamed /v1/completions of exactly `max_tokens` tokens (the end-of-text token is
+    forbidden by a logit bias, so greedy decoding cannot stop early); append each text chunk's
+    arrival time to `out`. (The spacing lives in job.follow, which every streaming route shares.)"""
+    body = {
+        "model": "tiny-long", "prompt": "x", "max_tokens": max_tokens, "temperature": 0,
+        "stream": True, "logit_bias": {str(eos): -100},
+    }  # fmt: skip
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as resp:
         for line in resp.iter_lines():
-            if line and json.loads(line).get("response"):
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["text"]:
                 out.append(time.monotonic())
 
 
-def test_streams_sharing_a_model_get_spaced_chunks_a_lone_stream_every_token(live: LiveServer) -> None:
+def test_streams_sharing_a_model_get_spaced_chunks_a_lone_stream_every_token(
+    live: LiveServer, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
+    from pocketgpt.infer.engine import Engine
+    from pocketgpt.text.shards import load_tokenizer_of
     from tests.serve.conftest import start_server
 
-    server = start_server(live.store, stream_interval=0.25)
+    # The tiny model steps in well under a millisecond: a long stream could be over before a second
+    # one joined it. Every engine step takes at least 2 ms here, so the streams below overlap.
+    step = Engine._step
+
+    def slow_step(self: Engine) -> None:
+        time.sleep(0.002)
+        step(self)
+
+    monkeypatch.setattr(Engine, "_step", slow_step)
+    eos = load_tokenizer_of(tiny_dir).special_tokens["<|endoftext|>"]
+    interval = 0.1
+    server = start_server(live.store, stream_interval=interval)
     try:
         lone: list[float] = []
-        _stream_times(server.url, lone)
-        assert min(b - a for a, b in zip(lone, lone[1:])) < 0.1  # no interval with one stream
-        pair: list[list[float]] = [[], []]
-        threads = [threading.Thread(target=_stream_times, args=(server.url, t)) for t in pair]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
-        for times in pair:
-            gaps = sorted(b - a for a, b in zip(times, times[1:]))
-            assert gaps and gaps[len(gaps) // 2] >= 0.2, gaps  # while both run: one chunk per 0.25 s
+        _stream_times(server.url, lone, 100, eos)
+        assert min(b - a for a, b in pairwise(lone)) < interval / 2  # one stream: no spacing
+        # A 1000-token stream runs; a 500-token one starts after its first chunk and, one token of
+        # each per step, ends before it: every chunk of the short one goes out while both run.
+        long: list[float] = []
+        thread = threading.Thread(target=_stream_times, args=(server.url, long, 1000, eos))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not long and time.monotonic() < deadline:
+            time.sleep(0.001)
+        short: list[float] = []
+        _stream_times(server.url, short, 500, eos)
+        thread.join()
+        assert long and short and long[-1] > short[-1], "the short stream outlived the long one"
+        gaps = sorted(b - a for a, b in pairwise(short))
+        duration = short[-1] - short[0]
+        assert len(short) >= 3, (len(short), duration)
+        assert len(short) <= duration / interval + 2, (len(short), duration)  # not one per token
+        assert gaps[len(gaps) // 2] >= 0.8 * interval, gaps
     finally:
         server.stop()
