@@ -34,6 +34,8 @@ Prefill stays on the module path. Knows nothing of sampling, requests or text.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -58,11 +60,7 @@ def unsupported(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if m._forward_hooks or m._forward_pre_hooks:
             return f"module {name or 'model'} has forward hooks"
-    linears = [model.lm_head] + [
-        m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)
-    ]
-    linears += [b.mlp.gate for b in model.blocks if b.mlp.swiglu]
-    odd = next((type(m).__name__ for m in linears if type(m) is not nn.Linear), None)
+    odd = next((type(m).__name__ for m in _linear_modules(model) if type(m) is not nn.Linear), None)
     if odd is not None:
         return f"a {odd} replaces nn.Linear (adapter or quantized weights)"
     norms = [m for b in model.blocks for m in (b.ln1, b.ln2)] + [model.ln_f]
@@ -71,14 +69,21 @@ def unsupported(model: nn.Module) -> str | None:
     return None
 
 
+def _linear_modules(model: nn.Module) -> list[nn.Module]:
+    """The vocabulary head and every block's projections: the products of a decode step."""
+    linears = [model.lm_head] + [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
+    return linears + [b.mlp.gate for b in model.blocks if b.mlp.swiglu]
+
+
 def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: bool = False,
-            pack_rows: int = 0):
+            pack_rows: int = 0, one_row: str = "blocks"):
     """y = x W^T + b as a function of x (n, in) -> (n, out), a C call with no Python frame:
     - `transpose`: `addmm(b, x, W^T)` over a contiguous transposed *copy* of W (in, out), which MKL
       reads 1.2-1.8x faster than `F.linear` reads W for a few rows (tiny preset: the head 72 -> 41 us
       at one row); for small models only (`FastDecoder` decides), where the copies are cheap;
     - `_Blocked` for a large weight on a CPU (>= chunk_min elements: streamed from memory), with a
-      oneDNN-packed copy for products of several rows when `pack_rows` > 1;
+      oneDNN-packed copy for products of several rows when `pack_rows` > 1, and one row through
+      row blocks or `F.linear` (`one_row`: whichever `FastDecoder` measured faster on this CPU);
     - else `F.linear` with the weight bound."""
     w, b = w.detach(), None if b is None else b.detach()
     blocks = _divisor(w.size(0), 4, 64) or _divisor(w.size(1), 4, 4)
@@ -90,7 +95,7 @@ def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: 
             return _Transposed(one, _onednn_pack(w, pack_rows), b)
         return one
     if on_cpu and w.numel() >= chunk_min and blocks:
-        return _Blocked(w, b, pack_rows)
+        return _Blocked(w, b, pack_rows, one_row)
     return partial(F.linear, weight=w, bias=b)
 
 
@@ -101,7 +106,10 @@ class _Blocked:
 
       - one row (n = 1): W (out, in) viewed as c row blocks (c, out/c, in) and one batched product
         `baddbmm`: each block is a plain matrix-vector product and the blocks spread over the threads,
-        ~35-40 GB/s, where `F.linear`'s single matrix-vector product reads ~12 GB/s.
+        ~35-40 GB/s on our AMD EPYC machine, where `F.linear`'s single matrix-vector product reads
+        ~12 GB/s. On an Intel Xeon (Sapphire Rapids class) it is the other way round (`F.linear` ~50
+        GB/s, blocks ~28), so `one_row="linear"` keeps `F.linear` for one row; `FastDecoder` times
+        both on the model's own weights (`fastest`) and takes the faster.
       - several rows: oneDNN's inner product (`_onednn_linear`), which uses the CPU's AVX-512 where
         MKL's small-n product does not: 2-4x `F.linear` at n = 8 on the vocabulary head; on a copy
         of the weight in oneDNN's packed layout when one was asked for (`pack_rows` > 1: the rows
@@ -110,10 +118,13 @@ class _Blocked:
       - a shape with no such blocks: `F.linear`.
     """
 
-    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, pack_rows: int = 0) -> None:
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None, pack_rows: int = 0,
+                 one_row: str = "blocks") -> None:
+        if one_row not in ONE_ROW_KINDS:
+            raise ValueError(f"one_row must be one of {ONE_ROW_KINDS}, not {one_row!r}")
         self.w, self.b = w, b
         out, inner = w.shape
-        self.rows = _divisor(out, 4, 64)  # row blocks for n = 1
+        self.rows = _divisor(out, 4, 64) if one_row == "blocks" else None  # row blocks for n = 1
         self.cols = _divisor(inner, 4, 4)  # inner blocks for n > 1
         self.onednn = _onednn_linear is not None and w.device.type == "cpu" and w.dtype == torch.float32
         self.w_many = self.w  # the weight the several-row product reads
@@ -143,6 +154,43 @@ class _Blocked:
             y = parts.sum(0)  # (n, out)
             return y if self.b is None else y.add_(self.b)
         return F.linear(x, self.w, self.b)
+
+
+ONE_ROW_KINDS = ("blocks", "linear")  # how `_Blocked` runs one row: row blocks, or `F.linear`
+_ONE_ROW_CHOICE: dict[tuple, str] = {}  # measured once per process: (shape, dtype, threads, count) -> kind
+
+
+def fastest(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> str:
+    """The name of the candidate whose call takes least time: one untimed call each (first-touch,
+    lazy packing), then `rounds` alternating timed rounds, best of each (a slow spell of the machine
+    hits every candidate, and the minimum ignores it)."""
+    best = dict.fromkeys(candidates, float("inf"))
+    for f in candidates.values():
+        f()
+    for _ in range(rounds):
+        for name, f in candidates.items():
+            t = time.perf_counter()
+            f()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return min(best, key=best.get)
+
+
+def measured_one_row(weights: list[tuple[torch.Tensor, torch.Tensor | None]]) -> str:
+    """Which one-row product reads these same-shaped weights (a model's layers) faster on this CPU,
+    at the current thread count: "blocks" or "linear". Timed over all of them in turn, as a decode
+    step reads them (each weight once, the set larger than the caches for a large model); the answer
+    is kept for the process (`FastDecoder` is rebuilt after every weight update in PPO)."""
+    w0 = weights[0][0]
+    key = (tuple(w0.shape), w0.dtype, torch.get_num_threads(), len(weights))
+    if key not in _ONE_ROW_CHOICE:
+        x = torch.randn(1, w0.size(1), dtype=w0.dtype, device=w0.device)
+        runs = {}
+        for kind in ONE_ROW_KINDS:
+            products = [_Blocked(w, b, one_row=kind) for w, b in weights]
+            runs[kind] = lambda products=products: [f(x) for f in products]
+        with torch.inference_mode():
+            _ONE_ROW_CHOICE[key] = fastest(runs)
+    return _ONE_ROW_CHOICE[key]
 
 
 class _Transposed:
@@ -261,12 +309,14 @@ class FastDecoder:
     """`step(ids, cache)`: logits (n, V) for one new token per active row of a `SlotKVCache`."""
 
     def __init__(self, model: nn.Module, *, chunk_min: int = CHUNK_MIN, copy_max: int = COPY_MAX,
-                 pack_rows: int = 0) -> None:
+                 pack_rows: int = 0, one_row: str | None = None) -> None:
         """`chunk_min`: weights with at least this many elements take the blocked products (tests
         lower it to check the blocked path against the module path on tiny models). `copy_max`: a
         model with at most this many weight elements gets transposed copies of its small weights
         (see `_linear`; tests set 0 to check the plain `F.linear` path). `pack_rows` > 1: the large
-        weights also get packed copies for steps of several rows (about that many; see `_Blocked`)."""
+        weights also get packed copies for steps of several rows (about that many; see `_Blocked`).
+        `one_row`: how large weights run one row ("blocks" or "linear"); default: measured per shape
+        on this CPU (`measured_one_row`)."""
         why = unsupported(model)
         if why is not None:
             raise ValueError(f"the decode fast path cannot run this model: {why}; use model.hidden instead")
@@ -278,7 +328,12 @@ class FastDecoder:
         self.pos_table = self._pos_table(model)  # (block_size, C) or None
         self.rope = self._rope_tables(model) if c.positions == "rope" else None
         transpose = sum(p.numel() for p in model.parameters()) <= copy_max
-        linear = partial(_linear, chunk_min=chunk_min, transpose=transpose, pack_rows=pack_rows)
+        self.one_row = self._one_row_choices(model, chunk_min, transpose, one_row)  # shape -> kind
+
+        def linear(w: torch.Tensor, b: torch.Tensor | None):
+            kind = self.one_row.get(tuple(w.shape), "blocks")
+            return _linear(w, b, chunk_min=chunk_min, transpose=transpose, pack_rows=pack_rows, one_row=kind)
+
         self.layers = [_Layer(blk, c.activation, linear) for blk in model.blocks]
         self.ln_f = _norm(model.ln_f)
         self.head = linear(model.lm_head.weight, None)
@@ -287,6 +342,22 @@ class FastDecoder:
         products = [self.head] + [f for ly in self.layers for f in (ly.qkv, ly.proj, ly.fc, ly.gate, ly.down)]
         copies = [t for f in products if f is not None for t in _copies_of(f)]
         self.copies_bytes = sum(t.numel() * t.element_size() for t in copies)  # memory beyond the model's
+
+    @staticmethod
+    def _one_row_choices(model: nn.Module, chunk_min: int, transpose: bool, one_row: str | None) -> dict:
+        """For each shape of weight that takes `_Blocked` (large, no transposed copy): `one_row` when
+        given, else what `measured_one_row` finds faster over the model's weights of that shape."""
+        if transpose:
+            return {}
+        groups: dict[tuple, list] = {}
+        for m in _linear_modules(model):
+            w = m.weight.detach()
+            if w.device.type == "cpu" and w.numel() >= chunk_min and _divisor(w.size(0), 4, 64):
+                b = None if m.bias is None else m.bias.detach()
+                groups.setdefault(tuple(w.shape), []).append((w, b))
+        if one_row is not None:
+            return dict.fromkeys(groups, one_row)
+        return {shape: measured_one_row(ws) for shape, ws in groups.items()}
 
     # -- staleness -----------------------------------------------------------------------------------
     @staticmethod

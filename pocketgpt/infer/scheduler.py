@@ -16,6 +16,7 @@ argmax and sampled rows share one batched `sample_rows`. The intra-op thread cou
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -128,7 +129,10 @@ class Scheduler:
         if admit:
             self._admit(admit)
         if self.running:
+            n, t0 = len(self.running), time.perf_counter()
             self._decode()
+            if not admit:  # a prefill's cost would blur the comparison
+                self.thread_policy.record(n, time.perf_counter() - t0)
 
     def _admit(self, reqs: list[Request]) -> None:
         """Prefill new requests into free slots, prompts of one length together in one forward (a
