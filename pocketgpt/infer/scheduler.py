@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pocketgpt.infer.fast_decode import FastDecoder, unsupported
-from pocketgpt.infer.sampling import SamplingParams, penalise_rows, sample_rows
+from pocketgpt.infer.sampling import SamplingParams, greedy_ids, penalise_rows, sample_rows
 from pocketgpt.infer.stream import TextStream
 from pocketgpt.infer.threads import ThreadPolicy
 
@@ -197,11 +197,11 @@ class Scheduler:
             )
         greedy = [i for i, r in enumerate(reqs) if r.params.greedy]
         if len(greedy) == len(reqs):  # no row to gather
-            return logits.argmax(dim=-1).tolist()
+            return greedy_ids(logits).tolist()
         out = [0] * len(reqs)
         sampled = [i for i, r in enumerate(reqs) if not r.params.greedy]
         if greedy:
-            for i, t in zip(greedy, logits[greedy].argmax(dim=-1).tolist(), strict=True):
+            for i, t in zip(greedy, greedy_ids(logits[greedy]).tolist(), strict=True):
                 out[i] = t
         if sampled:
             tokens = sample_rows(

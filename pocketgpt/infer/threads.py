@@ -116,8 +116,8 @@ class ThreadPolicy:
 
     @property
     def candidates(self) -> tuple[int, ...]:
-        """The counts a small model's steps are measured on."""
-        return tuple(sorted({1, self._calm}))
+        """The counts a small model's steps are measured on: one, and the caller's."""
+        return (1,) if self._calm == 1 else (1, self._calm)
 
     @property
     def threads(self) -> int | None:
@@ -131,7 +131,11 @@ class ThreadPolicy:
         return None
 
     def _trial(self, rows: int) -> _Trial:
-        return self.trials.setdefault(size_class(rows), _Trial())
+        key = size_class(rows)
+        trial = self.trials.get(key)
+        if trial is None:
+            trial = self.trials[key] = _Trial()
+        return trial
 
     @contextmanager
     def setting(self) -> Iterator[None]:

@@ -254,8 +254,7 @@ class SlotKVCache:
     def advance(self, n: int) -> None:
         if n != 1:
             raise ValueError("a SlotKVCache step feeds exactly one token per row; prefill through row(i)")
-        self.lengths[: self.n] += 1
-        self._index = None
+        self._synced, self._index = False, None  # `positions` refreshes the device copy when asked
         for i in range(self.n):
             self.lens[i] += 1
 

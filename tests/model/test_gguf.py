@@ -47,8 +47,25 @@ def model_dir(request, tmp_path_factory, tok):
     return save_model(model, tmp_path_factory.mktemp(request.param) / "model", tokenizer=tok)
 
 
+@pytest.fixture
+def no_weight_repacking(monkeypatch):
+    """llama.cpp without its "extra buffer types" (weights repacked for the CPU's AMX / AVX-512
+    kernels): on an AMX CPU (Xeon Sapphire Rapids class) llama.cpp 0.3.36's AMX path crashes the
+    process on these 64-wide q8_0 matrices. The reference stays llama.cpp's own ggml kernels."""
+    import llama_cpp.llama_cpp as lib
+
+    default = lib.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    monkeypatch.setattr(lib, "llama_model_default_params", params)
+
+
 @pytest.mark.parametrize("quant", list(ATOL))
-def test_llama_cpp_runs_our_export(tmp_path, model_dir, tok, quant):
+def test_llama_cpp_runs_our_export(tmp_path, model_dir, tok, quant, no_weight_repacking):
     export_gguf(model_dir, tmp_path / "m.gguf", quant)
     ours, _ = load_model(model_dir)
     llm = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=64, n_threads=2, logits_all=True, verbose=False,
