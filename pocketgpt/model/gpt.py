@@ -28,6 +28,8 @@ from pocketgpt.config import ModelConfig
 from pocketgpt.errors import ConfigMismatch
 from pocketgpt.model.attention import KVCache, SlotKVCache, padding_mask
 from pocketgpt.model.blocks import Block, LearnedPositions, make_norm, normal_init, sinusoidal_table
+from pocketgpt.model.lm_loss import linear_cross_entropy
+from pocketgpt.model.lm_loss import usable as lm_loss_usable
 from pocketgpt.model.positions import positions_from_mask
 
 
@@ -66,6 +68,9 @@ class GPT(nn.Module):
         `return_attention=True` returns (logits, [weights (B, nh, T, Tk) per layer]) via the reference path.
         """
         h = self.hidden(idx, cache=cache, attention_mask=attention_mask, need_weights=return_attention)
+        if targets is not None and self._chunked_loss(h):  # the loss without the (B, T, V) logits
+            loss = linear_cross_entropy(h, self.lm_head.weight, targets)
+            return loss + self.config.moe_aux_weight * self.aux_loss() if self.config.n_expert > 0 else loss
         logits = self.lm_head(h)  # (B, T, V)
         if targets is not None:
             if logits.dtype in (torch.float16, torch.bfloat16):  # softmax over V entries wants fp32
@@ -75,6 +80,13 @@ class GPT(nn.Module):
         if return_attention:
             return logits, [blk.attn.last_weights for blk in self.blocks]
         return logits
+
+    def _chunked_loss(self, h: torch.Tensor) -> bool:
+        """The loss may go through `lm_loss.linear_cross_entropy`: a plain, unhooked head (not an
+        adapter or a quantized layer) and a precision it supports."""
+        head = self.lm_head
+        return type(head) is nn.Linear and head.bias is None and not head._forward_hooks \
+            and not head._forward_pre_hooks and lm_loss_usable(h)
 
     def hidden(self, idx: torch.Tensor, *, cache: KVCache | SlotKVCache | None = None,
                attention_mask: torch.Tensor | None = None, need_weights: bool = False) -> torch.Tensor:
