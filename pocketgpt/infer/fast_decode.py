@@ -34,14 +34,13 @@ Prefill stays on the module path. Knows nothing of sampling, requests or text.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pocketgpt.measure import fastest
 from pocketgpt.model.attention import SlotKVCache
 from pocketgpt.model.blocks import LayerNorm, RMSNorm
 
@@ -109,7 +108,7 @@ class _Blocked:
         ~35-40 GB/s on our AMD EPYC machine, where `F.linear`'s single matrix-vector product reads
         ~12 GB/s. On an Intel Xeon (Sapphire Rapids class) it is the other way round (`F.linear` ~50
         GB/s, blocks ~28), so `one_row="linear"` keeps `F.linear` for one row; `FastDecoder` times
-        both on the model's own weights (`fastest`) and takes the faster.
+        both on the model's own weights (`measure.fastest`) and takes the faster.
       - several rows: oneDNN's inner product (`_onednn_linear`), which uses the CPU's AVX-512 where
         MKL's small-n product does not: 2-4x `F.linear` at n = 8 on the vocabulary head; on a copy
         of the weight in oneDNN's packed layout when one was asked for (`pack_rows` > 1: the rows
@@ -158,21 +157,6 @@ class _Blocked:
 
 ONE_ROW_KINDS = ("blocks", "linear")  # how `_Blocked` runs one row: row blocks, or `F.linear`
 _ONE_ROW_CHOICE: dict[tuple, str] = {}  # measured once per process: (shape, dtype, threads, count) -> kind
-
-
-def fastest(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> str:
-    """The name of the candidate whose call takes least time: one untimed call each (first-touch,
-    lazy packing), then `rounds` alternating timed rounds, best of each (a slow spell of the machine
-    hits every candidate, and the minimum ignores it)."""
-    best = dict.fromkeys(candidates, float("inf"))
-    for f in candidates.values():
-        f()
-    for _ in range(rounds):
-        for name, f in candidates.items():
-            t = time.perf_counter()
-            f()
-            best[name] = min(best[name], time.perf_counter() - t)
-    return min(best, key=best.get)
 
 
 def measured_one_row(weights: list[tuple[torch.Tensor, torch.Tensor | None]]) -> str:

@@ -94,15 +94,55 @@ def sdpa_attention(
     return out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # same convention as the reference
 
 
-PRODUCTS_MAX_T = 256  # up to this length, half-precision CPU attention runs as two batched products
+PRODUCTS_MAX_T = 256  # up to this length, half-precision CPU attention may run as two batched products
+PRODUCTS_MARGIN = 1.15  # a measured winner must be this much faster; closer, the length decides
+_PRODUCTS_CHOICE: dict[tuple, bool] = {}  # (shape, dtype, backward, threads) -> products win
 
 
 def _products_win(q: torch.Tensor) -> bool:
-    """Half-precision (bf16/fp16, e.g. under CPU autocast) causal attention on a CPU over at most
-    `PRODUCTS_MAX_T` positions: there torch's fused CPU kernel is slower than writing the scores out.
-    Measured forward + backward, 2 threads, bf16: (8, 6, 256, 64) 30 -> 18 ms, (12, 4, 64, 32) 4.8 ->
-    1.5 ms; at T = 512 the T x T scores cost more than they save (92 -> 174 ms), so longer stays fused."""
-    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.size(-2) <= PRODUCTS_MAX_T
+    """Whether half-precision (bf16/fp16, e.g. under CPU autocast) causal attention on a CPU over at
+    most `PRODUCTS_MAX_T` positions runs faster as two batched products with the scores written out
+    (`_causal_by_products`) than in torch's fused kernel. Measured once per shape (forward, plus
+    backward when gradients are on), because the answer depends on the CPU: forward + backward, 2
+    threads, bf16, products vs fused: AMD EPYC (8, 6, 256, 64) 18 vs 30 ms and (12, 4, 64, 32) 1.5 vs
+    4.8 ms; Intel Xeon with AMX 15.8 vs 11.6 ms and 1.1 vs 3.5 ms. Within `PRODUCTS_MARGIN` of each
+    other the length decides (products up to 128), so a near tie does not flip between runs. Never
+    inside `torch.compile` (which fuses attention its own way)."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or q.size(-2) > PRODUCTS_MAX_T:
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    backward = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    key = (tuple(q.shape), q.dtype, backward, torch.get_num_threads())
+    if key not in _PRODUCTS_CHOICE:
+        _PRODUCTS_CHOICE[key] = _measure_products(q, backward)
+    return _PRODUCTS_CHOICE[key]
+
+
+def _measure_products(q: torch.Tensor, backward: bool) -> bool:
+    from pocketgpt.measure import timings
+
+    with torch.no_grad():
+        q0, k0, v0, g = (torch.randn(q.shape, dtype=q.dtype, device=q.device) for _ in range(4))
+
+    def run(attend):
+        def once():
+            q, k, v = (t.clone().requires_grad_(backward) for t in (q0, k0, v0))
+            out = attend(q, k, v)
+            if backward:
+                out.backward(g)
+
+        return once
+
+    t = timings({
+        "products": run(lambda q, k, v: _causal_by_products(q, k, v, 0.0)),
+        "fused": run(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+    })
+    if t["products"] * PRODUCTS_MARGIN < t["fused"]:
+        return True
+    if t["fused"] * PRODUCTS_MARGIN < t["products"]:
+        return False
+    return q.size(-2) <= 128
 
 
 def _causal_by_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:

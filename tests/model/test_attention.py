@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import pocketgpt.model.attention as attention_mod
 from pocketgpt.config import ModelConfig
 from pocketgpt.model.attention import (
     PRODUCTS_MAX_T,
@@ -220,13 +221,14 @@ def test_pre_ln_and_post_ln_structure():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_cpu_causal_attention_by_products_matches_the_reference(dtype):
+def test_half_precision_cpu_causal_attention_by_products_matches_the_reference(dtype, monkeypatch):
     q, k, v = _qkv(B=2, Tq=9, Tk=9)
-    assert _products_win(q.to(dtype)) and not _products_win(q)  # fp32 keeps the fused kernel
+    assert not _products_win(q)  # fp32 keeps the fused kernel
     long = torch.zeros(1, 1, PRODUCTS_MAX_T + 1, 8, dtype=dtype)
     assert not _products_win(long)  # past the length where writing the scores out pays
     ref, _ = naive_attention(q, k, v, causal=True)
     qh, kh, vh = (t.detach().to(dtype).requires_grad_() for t in (q, k, v))
+    monkeypatch.setattr(attention_mod, "_products_win", lambda q: True)  # whatever this CPU measured
     half = sdpa_attention(qh, kh, vh, causal=True)  # takes _causal_by_products
     assert half.dtype == dtype
     torch.testing.assert_close(half.to(ref.dtype), ref, atol=2e-2, rtol=2e-2)
@@ -235,3 +237,29 @@ def test_half_precision_cpu_causal_attention_by_products_matches_the_reference(d
     grads_half = torch.autograd.grad(half, (qh, kh, vh), g.to(dtype))
     for a, b in zip(grads_ref, grads_half, strict=True):
         torch.testing.assert_close(b.to(a.dtype), a, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize(
+    "products,fused,length,want",
+    [(1.0, 3.0, 256, True), (3.0, 1.0, 64, False), (1.0, 1.1, 128, True), (1.0, 1.1, 256, False)],
+)
+def test_the_products_path_is_chosen_by_measurement_with_a_margin(monkeypatch, products, fused, length, want):
+    """A clear winner (> PRODUCTS_MARGIN) wins; a near tie goes by the length (products up to 128)."""
+    import pocketgpt.measure as measure
+
+    monkeypatch.setattr(measure, "timings", lambda candidates, rounds=3: {"products": products, "fused": fused})
+    monkeypatch.setattr(attention_mod, "_PRODUCTS_CHOICE", {})
+    q = torch.zeros(1, 1, length, 8, dtype=torch.bfloat16)
+    assert _products_win(q) is want
+    assert list(attention_mod._PRODUCTS_CHOICE.values()) == [want]  # measured once, then remembered
+
+
+def test_a_real_measurement_picks_one_and_remembers_it(monkeypatch):
+    monkeypatch.setattr(attention_mod, "_PRODUCTS_CHOICE", {})
+    q = torch.zeros(2, 2, 16, 8, dtype=torch.bfloat16)
+    first = _products_win(q)
+    assert first in (True, False) and len(attention_mod._PRODUCTS_CHOICE) == 1
+    assert _products_win(q) is first
+    with torch.no_grad():  # forward only: measured apart
+        _products_win(q)
+    assert len(attention_mod._PRODUCTS_CHOICE) == 2
