@@ -9,8 +9,8 @@ page-faults them in again). `linear_cross_entropy` walks the rows in chunks of ~
 there, in the forward pass, while its logits are hot:
 
     per chunk c:   z = h_c W^T  (in the autocast dtype, as lm_head would)   -> fp32
-                   lse = logsumexp(z);  loss += sum(lse - z[target])          (ignored rows: 0)
-                   p = softmax(z) - onehot(target)                            (ignored rows: 0)
+                   e = exp(z - max z);  loss += sum(log sum e + max z - z[target])   (ignored rows: 0)
+                   p = e / sum e - onehot(target)                             (ignored rows: 0)
                    dh_c = p W;   dW += p^T h_c
     loss /= n;  dh /= n;  dW /= n                       (n = rows not ignored; the mean of the plain loss)
 
@@ -67,13 +67,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             tc = targets[s : s + chunk].clamp(min=0)  # ignored rows point at 0; their terms are zeroed
             z = F.linear(hc, w)  # (c, V): the product in the autocast dtype, the softmax in fp32 (or fp64)
             z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
-            lse = torch.logsumexp(z, dim=-1)  # (c,)
-            picked = z.gather(1, tc[:, None])[:, 0]  # (c,)
-            total += torch.where(kc, lse - picked, 0.0).sum()
+            picked = z.gather(1, tc[:, None])[:, 0]  # (c,) the targets' logits
+            top = z.amax(dim=-1, keepdim=True)  # (c, 1)
+            e = z.sub_(top).exp_()  # exp(z - max), in place of z
+            mass = e.sum(dim=-1, keepdim=True)  # (c, 1)
+            total += torch.where(kc, (mass.log() + top)[:, 0] - picked, 0.0).sum()  # logsumexp - target
             if need_h or need_w:
-                p = z.sub_(lse[:, None]).exp_()  # softmax, in place of z
-                p[torch.arange(p.size(0), device=p.device), tc] -= 1.0
-                p.mul_(kc[:, None])
+                p = e.mul_(kc[:, None] / mass)  # softmax, ignored rows zeroed: one pass for both
+                p[torch.arange(p.size(0), device=p.device), tc] -= kc.to(p.dtype)  # - onehot(target)
                 if need_h:
                     grad_h[s : s + chunk] = p @ w  # autocast: in the low-precision dtype, as lm_head's backward
                 if need_w and hc.dtype == grad_w.dtype == p.dtype and not torch.is_autocast_enabled(hc.device.type):
