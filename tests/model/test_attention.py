@@ -13,10 +13,10 @@ import pocketgpt.model.attention as attention_mod
 from pocketgpt.config import ModelConfig
 from pocketgpt.model.attention import (
     PRODUCTS_MAX_T,
-    _products_win,
     CrossAttention,
     KVCache,
     SelfAttention,
+    _products_win,
     causal_mask,
     naive_attention,
     padding_mask,

@@ -5,6 +5,7 @@ cancels the generation."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from pocketgpt.infer.engine import Engine
 from pocketgpt.infer.sampling import SamplingParams
@@ -71,7 +72,7 @@ def test_a_minimum_gap_spaces_the_chunks_and_loses_no_text():
 
         timed = asyncio.run(run())
         assert "".join(d for _, d in timed) == handle.result().text
-        gaps = [b - a for (a, _), (b, _) in zip(timed, timed[1:])]
+        gaps = [b - a for (a, _), (b, _) in itertools.pairwise(timed)]
         assert all(g >= 0.045 for g in gaps)  # never closer than the gap (timer resolution aside)
     finally:
         engine.stop()

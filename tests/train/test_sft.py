@@ -9,6 +9,7 @@ import torch
 
 from pocketgpt import tasks
 from pocketgpt.config import ModelConfig
+from pocketgpt.errors import DataError
 from pocketgpt.model import peft
 from pocketgpt.model.checkpoint import load_model
 from pocketgpt.model.gpt import GPT
@@ -17,7 +18,6 @@ from pocketgpt.text.bpe import Tokenizer
 from pocketgpt.text.chat import POCKETGPT
 from pocketgpt.text.instructions import to_messages
 from pocketgpt.train.loop import TrainConfig, train
-from pocketgpt.errors import DataError
 from pocketgpt.train.sft import DEFAULT_ROW, row_length, sft_rows, sft_stage
 
 CONVS = [[{"role": "user", "content": f"{a} + {b} = ?"}, {"role": "assistant", "content": str(a + b)}]
