@@ -308,6 +308,8 @@ class FastDecoder:
         c = model.config
         self.n_head, self.n_kv_head, self.head_dim = c.n_head, c.n_kv_head, c.head_dim
         self.pre_norm, self.positions = c.norm_placement == "pre", c.positions
+        # q, k and v as three equal (n, heads, 1, hs) views of one product: every head its own kv head, no RoPE
+        self.equal_heads = c.n_kv_head == c.n_head and c.positions != "rope"
         self.tok_emb = model.tok_emb.weight.detach()  # (V, C)
         self.pos_table = self._pos_table(model)  # (block_size, C) or None
         self.rope = self._rope_tables(model) if c.positions == "rope" else None
@@ -382,18 +384,16 @@ class FastDecoder:
         tk = max(lens) + 1
         if tk > cache.max_len:
             raise ValueError(f"KV cache full: {tk} positions > max_len {cache.max_len}; build a larger cache")
-        pos = None if uniform else cache.positions()[:, 0]  # (n,) per-row positions
-        x = self._embed(ids, lens[0] if uniform else pos)  # (n, C)
-        cos_sin = self._rope_at(lens[0] if uniform else pos)  # (1 or n, 1, hs) each, or None
+        pos = lens[0] if uniform else cache.positions()[:, 0]  # an int, or (n,) per-row positions
+        x = self._embed(ids, pos)  # (n, C)
+        cos_sin = self._rope_at(pos)  # (1 or n, 1, hs) each, or None
         K, V = (
             cache.k[:, :n, :, :tk].unbind(0),
             cache.v[:, :n, :, :tk].unbind(0),
         )  # L x (n, nkv, tk, hs) views
         if uniform:  # every row writes at the same position: plain views, no index, no mask
-            k_at, v_at = (
-                cache.k[:, :n, :, tk - 1].unbind(0),
-                cache.v[:, :n, :, tk - 1].unbind(0),
-            )  # L x (n, nkv, hs)
+            at = slice(tk - 1, tk) if self.equal_heads else tk - 1  # (n, nkv, 1, hs) or (n, nkv, hs): k's shape
+            k_at, v_at = cache.k[:, :n, :, at].unbind(0), cache.v[:, :n, :, at].unbind(0)
             index = mask = None
         else:
             k_at, v_at = cache.k.unbind(0), cache.v.unbind(0)  # L x (S, nkv, max_len, hs)
@@ -406,28 +406,30 @@ class FastDecoder:
 
     def _block(self, layer: _Layer, x, K, V, k_at, v_at, index, mask, cos_sin) -> torch.Tensor:
         """One layer for n rows: x (n, C) -> (n, C). K/V (n, nkv, tk, hs) are this layer's cache views;
-        the new k/v go to k_at/v_at (n, nkv, hs), or through `index` into the flat buffers when ragged."""
+        the new k/v go to k_at/v_at, or through `index` into the flat buffers when ragged. Every tensor
+        call counts here (a small model's step is ~60 of them), hence the two ways of splitting qkv."""
         n, nh, nkv, hs = x.size(0), self.n_head, self.n_kv_head, self.head_dim
         h = layer.norm1(x) if self.pre_norm else x
-        qkv = layer.qkv(h).view(n, nh + 2 * nkv, hs)  # (n, nh + 2 nkv, hs): q heads, k heads, v heads
-        if cos_sin is None:
-            q, k, v = qkv.split((nh, nkv, nkv), dim=1)
-        else:  # rotate q and k in one go: x cos + rotate_half(x) sin
-            cos, sin, rot = cos_sin
-            qk, v = qkv.split((nh + nkv, nkv), dim=1)
-            qk = qk * cos + (qk @ rot) * sin  # (n, nh + nkv, hs)
-            q, k = qk.split((nh, nkv), dim=1)
+        if self.equal_heads:  # one view, one unbind: q, k, v each (n, nh, 1, hs), q already sdpa's shape
+            q, k, v = layer.qkv(h).view(n, 3, nh, 1, hs).unbind(1)
+        else:
+            qkv = layer.qkv(h).view(n, nh + 2 * nkv, hs)  # (n, nh + 2 nkv, hs): q heads, k heads, v heads
+            if cos_sin is None:
+                q, k, v = qkv.split((nh, nkv, nkv), dim=1)
+            else:  # rotate q and k in one go: x cos + rotate_half(x) sin
+                cos, sin, rot = cos_sin
+                qk, v = qkv.split((nh + nkv, nkv), dim=1)
+                qk = qk * cos + (qk @ rot) * sin  # (n, nh + nkv, hs)
+                q, k = qk.split((nh, nkv), dim=1)
+            q = q.view(n, nkv, nh // nkv, hs)  # every query head of a group attends over its kv head's keys
         if index is None:
             k_at.copy_(k)
             v_at.copy_(v)
         else:
             k_at.view(-1, hs).index_copy_(0, index, k.reshape(n * nkv, hs))
             v_at.view(-1, hs).index_copy_(0, index, v.reshape(n * nkv, hs))
-        # every query head of a group attends over its kv head's keys: GQA without repeating them
-        y = F.scaled_dot_product_attention(
-            q.view(n, nkv, nh // nkv, hs), K, V, attn_mask=mask
-        )  # (n, nkv, rep, hs)
-        x = x + layer.proj(y.reshape(n, nh * hs))  # (n, C)
+        y = F.scaled_dot_product_attention(q, K, V, attn_mask=mask)  # (n, nkv, rep, hs): GQA without repeats
+        x = x + layer.proj(y.view(n, nh * hs))  # (n, C)
         if not self.pre_norm:
             x = layer.norm1(x)
         return x + layer.ffn(layer.norm2(x)) if self.pre_norm else layer.norm2(x + layer.ffn(x))
@@ -442,9 +444,9 @@ class FastDecoder:
         return None
 
     def _embed(self, ids: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
-        x = F.embedding(ids, self.tok_emb)  # (n, C)
+        x = F.embedding(ids, self.tok_emb)  # (n, C), a fresh tensor
         if self.pos_table is not None:
-            x = x + self.pos_table[pos].to(x.dtype)  # (C,) broadcast or (n, C)
+            x.add_(self.pos_table[pos])  # (C,) broadcast or (n, C); in place, cast to x's dtype
         return x
 
     @staticmethod
