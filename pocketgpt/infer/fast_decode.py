@@ -281,6 +281,8 @@ class _Layer:
         self.gate = linear(mlp.gate.weight, mlp.gate.bias) if mlp.swiglu else None
         self.act = None if mlp.swiglu else _ACTS.get(activation, mlp.act)
         self.down = linear(mlp.proj.weight, mlp.proj.bias)
+        # the qkv product can write into a buffer the decoder keeps views of (an addmm over a copy)
+        self.qkv_writes_into = isinstance(self.qkv, partial) and self.qkv.func in (torch.addmm, torch.mm)
 
     def ffn(self, x: torch.Tensor) -> torch.Tensor:
         """x (n, C) -> (n, C): proj(act(fc(x))), or proj(silu(gate(x)) * fc(x)) for SwiGLU."""
@@ -325,6 +327,7 @@ class FastDecoder:
         self.head = linear(model.lm_head.weight, None)
         self._paths = [path.split(".") for path in self._read_paths(model)]
         self._versions = self._fingerprint()
+        self._qkv_out: dict[int, tuple[torch.Tensor, ...]] = {}  # rows -> a qkv buffer and its q, k, v views
         products = [self.head] + [f for ly in self.layers for f in (ly.qkv, ly.proj, ly.fc, ly.gate, ly.down)]
         copies = [t for f in products if f is not None for t in _copies_of(f)]
         self.copies_bytes = sum(t.numel() * t.element_size() for t in copies)  # memory beyond the model's
@@ -410,7 +413,10 @@ class FastDecoder:
         call counts here (a small model's step is ~60 of them), hence the two ways of splitting qkv."""
         n, nh, nkv, hs = x.size(0), self.n_head, self.n_kv_head, self.head_dim
         h = layer.norm1(x) if self.pre_norm else x
-        if self.equal_heads:  # one view, one unbind: q, k, v each (n, nh, 1, hs), q already sdpa's shape
+        if self.equal_heads and layer.qkv_writes_into:  # into a buffer whose q, k, v views already exist
+            buf, q, k, v = self._qkv_views(n, h)
+            layer.qkv(h, out=buf)
+        elif self.equal_heads:  # one view, one unbind: q, k, v each (n, nh, 1, hs), q already sdpa's shape
             q, k, v = layer.qkv(h).view(n, 3, nh, 1, hs).unbind(1)
         else:
             qkv = layer.qkv(h).view(n, nh + 2 * nkv, hs)  # (n, nh + 2 nkv, hs): q heads, k heads, v heads
@@ -433,6 +439,16 @@ class FastDecoder:
         if not self.pre_norm:
             x = layer.norm1(x)
         return x + layer.ffn(layer.norm2(x)) if self.pre_norm else layer.norm2(x + layer.ffn(x))
+
+    def _qkv_views(self, n: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A (n, 3 C) buffer for n rows' qkv product and its q, k, v views (n, nh, 1, hs), made once per
+        row count and shared by the layers (each layer is done with them before the next writes)."""
+        got = self._qkv_out.get(n)
+        if got is None:
+            nh, hs = self.n_head, self.head_dim
+            buf = torch.empty(n, 3 * nh * hs, dtype=like.dtype, device=like.device)
+            got = self._qkv_out[n] = (buf, *buf.view(n, 3, nh, 1, hs).unbind(1))
+        return got
 
     # -- positions ---------------------------------------------------------------------------------
     @staticmethod
