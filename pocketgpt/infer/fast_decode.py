@@ -85,7 +85,6 @@ def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: 
       row blocks or `F.linear` (`one_row`: whichever `FastDecoder` measured faster on this CPU);
     - else `F.linear` with the weight bound."""
     w, b = w.detach(), None if b is None else b.detach()
-    blocks = _divisor(w.size(0), 4, 64) or _divisor(w.size(1), 4, 4)
     on_cpu = w.device.type == "cpu"  # both layouts were measured on CPUs only
     if on_cpu and transpose:
         wt = w.t().contiguous()  # (in, out)
@@ -93,9 +92,15 @@ def _linear(w: torch.Tensor, b: torch.Tensor | None, chunk_min: int, transpose: 
         if pack_rows > 1 and w.numel() >= chunk_min and _onednn_pack is not None and w.dtype == torch.float32:
             return _Transposed(one, _onednn_pack(w, pack_rows), b)
         return one
-    if on_cpu and w.numel() >= chunk_min and blocks:
+    if _streamed(w, chunk_min):
         return _Blocked(w, b, pack_rows, one_row)
     return partial(F.linear, weight=w, bias=b)
+
+
+def _streamed(w: torch.Tensor, chunk_min: int) -> bool:
+    """A weight `_Blocked` takes: large enough to stream from memory, on a CPU, with row or inner blocks."""
+    blocks = _divisor(w.size(0), 4, 64) or _divisor(w.size(1), 4, 4)
+    return w.device.type == "cpu" and w.numel() >= chunk_min and blocks is not None
 
 
 class _Blocked:
@@ -334,14 +339,15 @@ class FastDecoder:
 
     @staticmethod
     def _one_row_choices(model: nn.Module, chunk_min: int, transpose: bool, one_row: str | None) -> dict:
-        """For each shape of weight that takes `_Blocked` (large, no transposed copy): `one_row` when
-        given, else what `measured_one_row` finds faster over the model's weights of that shape."""
+        """For each shape of weight that takes `_Blocked` (large, no transposed copy) with row blocks to
+        choose between: `one_row` when given, else what `measured_one_row` finds faster over the
+        model's weights of that shape."""
         if transpose:
             return {}
         groups: dict[tuple, list] = {}
         for m in _linear_modules(model):
             w = m.weight.detach()
-            if w.device.type == "cpu" and w.numel() >= chunk_min and _divisor(w.size(0), 4, 64):
+            if _streamed(w, chunk_min) and _divisor(w.size(0), 4, 64):
                 b = None if m.bias is None else m.bias.detach()
                 groups.setdefault(tuple(w.shape), []).append((w, b))
         if one_row is not None:

@@ -112,7 +112,7 @@ def _products_win(q: torch.Tensor) -> bool:
         return False
     if torch.compiler.is_compiling():
         return False
-    backward = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    backward = torch.is_grad_enabled()  # off under no_grad and inference_mode alike
     key = (tuple(q.shape), q.dtype, backward, torch.get_num_threads())
     if key not in _PRODUCTS_CHOICE:
         _PRODUCTS_CHOICE[key] = _measure_products(q, backward)

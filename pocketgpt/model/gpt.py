@@ -68,25 +68,26 @@ class GPT(nn.Module):
         `return_attention=True` returns (logits, [weights (B, nh, T, Tk) per layer]) via the reference path.
         """
         h = self.hidden(idx, cache=cache, attention_mask=attention_mask, need_weights=return_attention)
-        if targets is not None and self._chunked_loss(h):  # the loss without the (B, T, V) logits
-            loss = linear_cross_entropy(h, self.lm_head.weight, targets)
+        if targets is not None:
+            loss = self._lm_loss(h, targets)
             return loss + self.config.moe_aux_weight * self.aux_loss() if self.config.n_expert > 0 else loss
         logits = self.lm_head(h)  # (B, T, V)
-        if targets is not None:
-            if logits.dtype in (torch.float16, torch.bfloat16):  # softmax over V entries wants fp32
-                logits = logits.float()
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return loss + self.config.moe_aux_weight * self.aux_loss() if self.config.n_expert > 0 else loss
         if return_attention:
             return logits, [blk.attn.last_weights for blk in self.blocks]
         return logits
 
-    def _chunked_loss(self, h: torch.Tensor) -> bool:
-        """The loss may go through `lm_loss.linear_cross_entropy`: a plain, unhooked head (not an
-        adapter or a quantized layer) and a precision it supports."""
+    def _lm_loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of lm_head(h) against targets (-1 ignored). A plain, unhooked head (not an
+        adapter or a quantized layer) in a precision `lm_loss` supports goes through
+        `linear_cross_entropy`, which never holds the (B, T, V) logits; anything else the plain way."""
         head = self.lm_head
-        return type(head) is nn.Linear and head.bias is None and not head._forward_hooks \
-            and not head._forward_pre_hooks and lm_loss_usable(h)
+        if (type(head) is nn.Linear and head.bias is None and not head._forward_hooks
+                and not head._forward_pre_hooks and lm_loss_usable(h)):
+            return linear_cross_entropy(h, head.weight, targets)
+        logits = head(h)  # (B, T, V)
+        if logits.dtype in (torch.float16, torch.bfloat16):  # softmax over V entries wants fp32
+            logits = logits.float()
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
 
     def hidden(self, idx: torch.Tensor, *, cache: KVCache | SlotKVCache | None = None,
                attention_mask: torch.Tensor | None = None, need_weights: bool = False) -> torch.Tensor:
