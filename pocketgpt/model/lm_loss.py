@@ -26,6 +26,8 @@ fuses the plain recipe itself.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -57,44 +59,93 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dev = h.device.type
+        # The products' dtype: what lm_head would compute in (the autocast dtype, else the inputs').
+        # Both operands are cast once here, not per chunk (autocast would recast W for every chunk).
+        cd = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(h.dtype, w.dtype)
+        hl, wl = h.to(cd), w.to(cd)
         keep = targets != -1  # (N,)
-        n = keep.sum().float()  # 0 rows kept: 0/0 = nan, as F.cross_entropy's mean gives
-        grad_h = torch.empty_like(h) if need_h else None
-        grad_w = torch.zeros(w.shape, dtype=torch.promote_types(w.dtype, torch.float32), device=w.device) if need_w else None
-        total = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
-        for s in range(0, h.size(0), chunk):
-            hc, kc = h[s : s + chunk], keep[s : s + chunk]
-            tc = targets[s : s + chunk].clamp(min=0)  # ignored rows point at 0; their terms are zeroed
-            z = F.linear(hc, w)  # (c, V): the product in the autocast dtype, the softmax in fp32 (or fp64)
-            z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z
-            picked = z.gather(1, tc[:, None])[:, 0]  # (c,) the targets' logits
-            top = z.amax(dim=-1, keepdim=True)  # (c, 1)
-            e = z.sub_(top).exp_()  # exp(z - max), in place of z
-            mass = e.sum(dim=-1, keepdim=True)  # (c, 1)
-            total += torch.where(kc, (mass.log() + top)[:, 0] - picked, 0.0).sum()  # logsumexp - target
-            if need_h or need_w:
-                p = e.mul_(kc[:, None] / mass)  # softmax, ignored rows zeroed: one pass for both
-                p[torch.arange(p.size(0), device=p.device), tc] -= kc.to(p.dtype)  # - onehot(target)
+        n = keep.sum().to(torch.promote_types(cd, torch.float32))  # 0 rows kept: 0/0 = nan, as F.cross_entropy's mean
+        grad_h = torch.empty(h.shape, dtype=cd, device=h.device) if need_h else None  # lm_head's backward dtype
+        grad_w, low = None, cd in (torch.float16, torch.bfloat16)
+        if need_w and not low:
+            grad_w = torch.zeros(w.shape, dtype=cd, device=w.device)  # accumulated inside addmm_
+        elif need_w:  # the rows' softmax gradients, kept in cd for one grad_w product per `_rows_kept` rows
+            kept = _workspace(min(h.size(0), _rows_kept(w.size(0), cd, chunk)) * w.size(0), cd, h.device).view(-1, w.size(0))
+            flushed = 0
+        total = torch.zeros((), dtype=n.dtype, device=h.device)
+        with torch.autocast(dev, enabled=False):  # every cast is explicit below
+            for s in range(0, h.size(0), chunk):
+                e_ = min(s + chunk, h.size(0))
+                kc, tc = keep[s:e_], targets[s:e_].clamp(min=0)  # ignored rows point at 0; their terms are zeroed
+                z = hl[s:e_] @ wl.t()  # (c, V) in cd; the softmax in fp32 (or fp64)
+                z = z.float() if low else z
+                picked = z.gather(1, tc[:, None])[:, 0]  # (c,) the targets' logits
+                top = z.amax(dim=-1, keepdim=True)  # (c, 1)
+                e = z.sub_(top).exp_()  # exp(z - max), in place of z
+                mass = e.sum(dim=-1, keepdim=True)  # (c, 1)
+                total += torch.where(kc, (mass.log() + top)[:, 0] - picked, 0.0).sum()  # logsumexp - target
+                if not (need_h or need_w):
+                    continue
+                scale = kc / n  # the mean's 1/n, and 0 for ignored rows
+                p = e.mul_(scale[:, None] / mass)  # softmax / n, ignored rows zeroed: one pass for all three
+                p[torch.arange(p.size(0), device=p.device), tc] -= scale.to(p.dtype)  # - onehot(target) / n
+                if low and need_w:  # cast once, into the buffer the grad_w product reads
+                    if e_ - flushed > kept.size(0):
+                        grad_w = _add_product(grad_w, kept[: s - flushed], hl[flushed:s])
+                        flushed = s
+                    p = kept[s - flushed : e_ - flushed].copy_(p)
+                elif low:
+                    p = p.to(cd)
                 if need_h:
-                    grad_h[s : s + chunk] = p @ w  # autocast: in the low-precision dtype, as lm_head's backward
-                if need_w and hc.dtype == grad_w.dtype == p.dtype and not torch.is_autocast_enabled(hc.device.type):
-                    grad_w.addmm_(p.t(), hc)  # accumulate inside the product: no temporary, no extra pass
-                elif need_w:
-                    grad_w += p.t() @ hc  # autocast: the product in its dtype, the sum in fp32
-        if grad_h is not None:
-            grad_h /= n
-        if grad_w is not None:
-            grad_w /= n
+                    torch.mm(p, wl, out=grad_h[s:e_])
+                if need_w and not low:
+                    grad_w.addmm_(p.t(), hl[s:e_])  # accumulate inside the product: no temporary, no extra pass
+            if need_w and low:
+                grad_w = _add_product(grad_w, kept[: h.size(0) - flushed], hl[flushed:])
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.w_dtype = w.dtype
+        ctx.dtypes = h.dtype, w.dtype
         return total / n
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors
+        one = grad.device.type == "cpu" and grad.item() == 1.0  # loss.backward(): skip a pass over W's size
         return (
-            None if grad_h is None else grad_h * grad.to(grad_h.dtype),
-            None if grad_w is None else (grad_w * grad).to(ctx.w_dtype),
+            None if grad_h is None else (grad_h if one else grad_h * grad.to(grad_h.dtype)).to(ctx.dtypes[0]),
+            None if grad_w is None else (grad_w if one else grad_w * grad.to(grad_w.dtype)).to(ctx.dtypes[1]),
             None,
             None,
         )
+
+
+KEPT_BYTES = 64 << 20  # half-precision softmax gradients kept for one grad_w product: at most 64 MB
+
+
+def _rows_kept(vocab: int, dtype: torch.dtype, chunk: int) -> int:
+    """Rows of half-precision softmax gradients to keep before a grad_w product: as many as fit in
+    `KEPT_BYTES`, at least one chunk. One product over many rows, instead of one per chunk plus an
+    fp32 sum over the whole (V, C) gradient each time, is what makes this path fast."""
+    return max(chunk, KEPT_BYTES // (vocab * torch.finfo(dtype).bits // 8))
+
+
+_local = threading.local()
+
+
+def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat buffer of at least `numel` elements, kept per thread, dtype and device across calls:
+    a fresh 30-60 MB buffer every step costs ~6 ms of page faults on first touch."""
+    spaces = _local.__dict__.setdefault("spaces", {})
+    buf = spaces.get((dtype, device))
+    if buf is None or buf.numel() < numel:
+        buf = spaces[(dtype, device)] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
+
+
+def _add_product(grad_w: torch.Tensor | None, p: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """grad_w + p^T h, the product in p's half precision (as lm_head's backward computes it) and the
+    sum over groups of rows in fp32."""
+    if p.size(0) == 0:
+        return grad_w if grad_w is not None else torch.zeros(p.size(1), h.size(1), device=h.device)
+    part = p.t() @ h  # (V, C) in half precision
+    return part.float() if grad_w is None else grad_w.add_(part)
