@@ -10,6 +10,8 @@ This module knows nothing of tokens, vocabularies or losses; `gpt.py` stacks the
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -59,10 +61,28 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 
 # -- feed-forward --------------------------------------------------------------------------------
+_GELU_2C = 2.0 * math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh_by_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, 0.5 x (1 + tanh(c (x + 0.044715 x^3))) with c = sqrt(2/pi), written with
+    0.5 (1 + tanh u) = sigmoid(2u): x * sigmoid(2c (x + 0.044715 x^3)). The same function."""
+    return x * torch.sigmoid(_GELU_2C * (x + 0.044715 * x * x * x))
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's "gelu_new". Eager: torch's kernel (one pass). Under torch.compile: the sigmoid form,
+    which inductor fuses into one loop with a fast vectorised sigmoid, while its tanh is as slow as
+    the eager kernel's (2 cores, forward + backward of 2048 x 1536: 2.6 ms vs 5.4 ms)."""
+    if torch.compiler.is_compiling():
+        return gelu_tanh_by_sigmoid(x)
+    return F.gelu(x, approximate="tanh")
+
+
 _ACTIVATIONS = {
     "relu": F.relu,  # the 2017 paper: FFN(x) = max(0, x W1 + b1) W2 + b2
     "gelu": F.gelu,  # exact GELU (BERT)
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's "gelu_new"
+    "gelu_tanh": gelu_tanh,  # GPT-2's "gelu_new"
 }
 
 

@@ -183,3 +183,48 @@ def test_llama_flavour_matches_transformers_llama():
     idx = _ids(B=2, T=12)
     with torch.no_grad():
         assert torch.allclose(ours(idx), hf(idx).logits, atol=1e-5)
+
+
+def test_gelu_tanh_by_sigmoid_is_gpt2s_gelu():
+    """The form torch.compile runs (x * sigmoid(2c(x + 0.044715 x^3))) is the same function as
+    torch's tanh GELU: values and gradients, fp64 to rounding, fp32 and bf16 to a unit in the last place."""
+    from pocketgpt.model.blocks import gelu_tanh, gelu_tanh_by_sigmoid
+
+    x = torch.linspace(-12, 12, 2001, dtype=torch.float64, requires_grad=True)
+    want = F.gelu(x, approximate="tanh")
+    got = gelu_tanh_by_sigmoid(x)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    (g_want,) = torch.autograd.grad(want.sum(), x)
+    (g_got,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(g_got, g_want, atol=1e-12, rtol=1e-12)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+        xs = x.detach().to(dtype)
+        torch.testing.assert_close(gelu_tanh_by_sigmoid(xs), F.gelu(xs, approximate="tanh"), atol=tol, rtol=tol)
+    assert torch.equal(gelu_tanh(x.detach()), F.gelu(x.detach(), approximate="tanh"))  # eager: torch's kernel
+
+
+@pytest.mark.slow
+def test_compiled_training_steps_match_eager():
+    """torch.compile (inductor, the C++ backend on CPU) of the GPT: the same loss and gradients as
+    eager over two SGD steps (AdamW's first step would blow rounding noise in a zero gradient, the key
+    bias's, up to +-lr); the compiled graph takes the sigmoid GELU and the plain loss."""
+    torch.manual_seed(0)
+    eager = GPT(ModelConfig(vocab_size=61, block_size=16, n_layer=2, n_head=2, d_model=32, dropout=0.0))
+    twin = GPT(eager.config)
+    twin.load_state_dict(eager.state_dict())
+    compiled = torch.compile(twin)
+    g = torch.Generator().manual_seed(3)
+    idx, targets = (torch.randint(0, 61, (3, 16), generator=g) for _ in range(2))
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (eager, twin)]
+    for _ in range(2):
+        losses = []
+        for model, fwd, opt in zip((eager, twin), (eager, compiled), opts, strict=True):
+            opt.zero_grad()
+            loss = fwd(idx, targets)
+            loss.backward()
+            losses.append(loss.item())
+        assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+        for (name, a), b in zip(eager.named_parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-6, rtol=1e-4, msg=name)
+        for opt in opts:
+            opt.step()

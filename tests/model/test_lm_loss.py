@@ -54,6 +54,34 @@ def test_bf16_autocast_matches_the_plain_recipe_under_autocast():
         torch.testing.assert_close(a, b, atol=1e-2 * b.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("kept_rows", [16, 40, 1000])
+def test_bf16_grad_w_over_several_groups_of_kept_rows(monkeypatch, kept_rows):
+    """Under autocast the softmax gradients are kept for one grad_w product per group of rows: a
+    group of exactly one chunk, groups that end mid-way through the rows, and one group for all."""
+    h, w, t = _inputs(n=100, c=32, v=50)
+    monkeypatch.setattr(lm_loss, "KEPT_BYTES", kept_rows * 50 * 2)  # rows of V=50 bf16 values
+    want = _loss_and_grads(_plain, h, w, t, bf16=True)
+    got = _loss_and_grads(lambda h, w, t: linear_cross_entropy(h, w, t, 16), h, w, t, bf16=True)
+    torch.testing.assert_close(got[0], want[0], atol=1e-3, rtol=1e-3)
+    for a, b in zip(got[1:], want[1:], strict=True):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, atol=1e-2 * b.abs().max().item(), rtol=0)
+
+
+def test_only_one_input_needs_a_gradient():
+    """A frozen head (LoRA) or frozen trunk: the gradient that is wanted, nothing else computed."""
+    h, w, t = _inputs()
+    for needs in ((True, False), (False, True)):
+        hh, ww = h.clone().requires_grad_(needs[0]), w.clone().requires_grad_(needs[1])
+        linear_cross_entropy(hh, ww, t, 7).backward()
+        hp, wp = h.clone().requires_grad_(needs[0]), w.clone().requires_grad_(needs[1])
+        _plain(hp, wp, t).backward()
+        for mine, ref in ((hh, hp), (ww, wp)):
+            assert (mine.grad is None) == (ref.grad is None)
+            if ref.grad is not None:
+                torch.testing.assert_close(mine.grad, ref.grad, atol=1e-6, rtol=1e-5)
+
+
 def test_batched_shapes_no_grad_and_every_target_ignored():
     h, w, t = _inputs(n=24)
     with torch.no_grad():
