@@ -218,7 +218,7 @@ def test_compiled_training_steps_match_eager():
     opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (eager, twin)]
     for _ in range(2):
         losses = []
-        for model, fwd, opt in zip((eager, twin), (eager, compiled), opts, strict=True):
+        for fwd, opt in zip((eager, compiled), opts, strict=True):
             opt.zero_grad()
             loss = fwd(idx, targets)
             loss.backward()
