@@ -103,9 +103,11 @@ def _products_win(q: torch.Tensor) -> bool:
     """Whether half-precision (bf16/fp16, e.g. under CPU autocast) causal attention on a CPU over at
     most `PRODUCTS_MAX_T` positions runs faster as two batched products with the scores written out
     (`_causal_by_products`) than in torch's fused kernel. Measured once per shape (forward, plus
-    backward when gradients are on), because the answer depends on the CPU: forward + backward, 2
-    threads, bf16, products vs fused: AMD EPYC (8, 6, 256, 64) 18 vs 30 ms and (12, 4, 64, 32) 1.5 vs
-    4.8 ms; Intel Xeon with AMX 15.8 vs 11.6 ms and 1.1 vs 3.5 ms. Within `PRODUCTS_MARGIN` of each
+    backward when gradients are on), because the answer depends on the CPU and the length: forward
+    + backward, 2 threads, bf16, products vs fused: AMD EPYC (8, 6, 256, 64) 18 vs 30 ms and (12, 4,
+    64, 32) 1.5 vs 4.8 ms (an earlier products path, with fp32 scores); Intel Xeon with AMX (8, 6,
+    256, 64) 5.1-5.5 vs 11.3-12.0 ms, (12, 4, 64, 32) 0.64 vs 3.6 ms, and at T=512 a tie (35 ms),
+    at T=1024 the fused kernel 2x faster. Within `PRODUCTS_MARGIN` of each
     other the length decides (products up to 128), so a near tie does not flip between runs. Never
     inside `torch.compile` (which fuses attention its own way)."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or q.size(-2) > PRODUCTS_MAX_T:
@@ -146,15 +148,35 @@ def _measure_products(q: torch.Tensor, backward: bool) -> bool:
 
 
 def _causal_by_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """Causal attention as `naive_attention` computes it, with the products in q's half precision
-    (fast on CPUs with AVX-512 BF16 / AMX) and the softmax in float32 (what autocast does on GPUs)."""
-    t = q.size(-2)
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, T)
-    scores = scores.masked_fill(~causal_mask(t, t, q.device), float("-inf"))
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # (B, nh, T, T)
+    """Causal attention as `naive_attention` computes it, for half precision on CPUs (fast products
+    on AVX-512 BF16 / AMX): one batched product that scales q k^T and adds the causal mask as a bias
+    (-inf above the diagonal) as it writes the scores, torch's softmax over the half-precision scores
+    (computed in fp32 inside, rounded once, as the fp32 softmax + cast it replaces), one batched
+    product with v. No fp32 (T, T) tensor is written, forward or backward: (8, 6, 256, 64) bf16
+    forward + backward 10.1-11.5 -> 5.1-5.5 ms on the Xeon, torch's fused kernel 11.3-12.0."""
+    *lead, t, hs = q.shape
+    bh = math.prod(lead)
+    scores = torch.baddbmm(
+        _causal_bias(t, q.dtype, q.device),
+        q.reshape(bh, t, hs),
+        k.reshape(bh, t, hs).transpose(1, 2),
+        alpha=1.0 / math.sqrt(hs),
+    )  # (B*nh, T, T)
+    weights = torch.softmax(scores, dim=-1)  # (B*nh, T, T), in q's dtype
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
-    return weights @ v  # (B, nh, T, hs)
+    return torch.bmm(weights, v.reshape(bh, t, hs)).view(*lead, t, hs)  # (B, nh, T, hs)
+
+
+_CAUSAL_BIAS: dict[tuple, torch.Tensor] = {}  # (T, dtype, device) -> (T, T): 0 where allowed, -inf above
+
+
+def _causal_bias(t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (t, dtype, device)
+    if key not in _CAUSAL_BIAS:
+        _CAUSAL_BIAS[key] = torch.zeros(t, t, dtype=dtype, device=device).masked_fill_(
+            ~causal_mask(t, t, device), float("-inf"))
+    return _CAUSAL_BIAS[key]
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

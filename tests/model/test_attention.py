@@ -239,6 +239,25 @@ def test_half_precision_cpu_causal_attention_by_products_matches_the_reference(d
         torch.testing.assert_close(b.to(a.dtype), a, atol=5e-2, rtol=5e-2)
 
 
+def test_products_path_on_head_views_of_one_qkv_buffer_at_two_lengths():
+    """As the model calls it: q, k, v are transposed views of one (B, T, 3, nh, hs) product output
+    (not contiguous), at two lengths in turn (each its own cached mask bias); values and gradients
+    against the float64 reference."""
+    g = torch.Generator().manual_seed(5)
+    for t in (33, 17):
+        qkv = torch.randn(2, t, 3, 4, 16, generator=g, dtype=torch.float64)
+        ref_in = [qkv[:, :, i].transpose(1, 2).requires_grad_() for i in range(3)]  # (B, nh, T, hs) views
+        ref, _ = naive_attention(*ref_in, causal=True)
+        half = qkv.to(torch.bfloat16).requires_grad_()
+        out = attention_mod._causal_by_products(*(half[:, :, i].transpose(1, 2) for i in range(3)), 0.0)
+        assert out.shape == ref.shape and out.dtype == torch.bfloat16
+        torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
+        up = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+        want = torch.stack(torch.autograd.grad(ref, ref_in, up), dim=2).transpose(1, 3)  # (B, T, 3, nh, hs)
+        (got,) = torch.autograd.grad(out, half, up.to(torch.bfloat16))
+        torch.testing.assert_close(got.double(), want, atol=5e-2, rtol=5e-2)
+
+
 @pytest.mark.parametrize(
     "products,fused,length,want",
     [(1.0, 3.0, 256, True), (3.0, 1.0, 64, False), (1.0, 1.1, 128, True), (1.0, 1.1, 256, False)],
