@@ -82,7 +82,7 @@ class GPT(nn.Module):
         `linear_cross_entropy`, which never holds the (B, T, V) logits; anything else the plain way."""
         head = self.lm_head
         if (type(head) is nn.Linear and head.bias is None and not head._forward_hooks
-                and not head._forward_pre_hooks and lm_loss_usable(h)):
+                and not head._forward_pre_hooks and lm_loss_usable(h, head.out_features)):
             return linear_cross_entropy(h, head.weight, targets)
         logits = head(h)  # (B, T, V)
         if logits.dtype in (torch.float16, torch.bfloat16):  # softmax over V entries wants fp32

@@ -93,22 +93,32 @@ def test_batched_shapes_no_grad_and_every_target_ignored():
         linear_cross_entropy(h, w, t[:-1])
 
 
-def test_fp16_autocast_keeps_the_plain_recipe():
-    h = torch.randn(2, 3)
-    assert lm_loss.usable(h)
+def test_the_chunked_loss_only_where_it_pays_and_is_safe():
+    """More logits than one chunk: chunked; one chunk or fewer: the plain recipe; fp16 autocast:
+    the plain recipe (its gradients would come before the loss scaler)."""
+    h = torch.randn(4, 5, 3)  # 20 rows
+    v_big = lm_loss.CHUNK_LOGITS // 20 + 1
+    assert lm_loss.usable(h, v_big)
+    assert not lm_loss.usable(h, lm_loss.CHUNK_LOGITS // 20)  # exactly one chunk of logits
     with torch.autocast("cpu", dtype=torch.float16):
-        assert not lm_loss.usable(h)
+        assert not lm_loss.usable(h, v_big)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert lm_loss.usable(h)
+        assert lm_loss.usable(h, v_big)
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_gpt_loss_and_gradients_equal_the_full_logits(tied):
+def test_gpt_loss_and_gradients_equal_the_full_logits(tied, monkeypatch):
+    from pocketgpt.model import gpt as gpt_mod
+
     model = tiny_gpt(tie_embeddings=tied)
+    monkeypatch.setattr(lm_loss, "CHUNK_LOGITS", 2 * model.config.vocab_size)  # chunks of 2 rows: 14 of them
+    calls = []
+    monkeypatch.setattr(gpt_mod, "linear_cross_entropy", lambda *a: calls.append(1) or linear_cross_entropy(*a))
     idx = torch.randint(0, model.config.vocab_size, (3, 9), generator=torch.Generator().manual_seed(1))
     targets = idx.roll(-1, dims=1)
     targets[:, -2:] = -1
     loss = model(idx, targets)
+    assert calls  # the model took the chunked loss
     loss.backward()
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
