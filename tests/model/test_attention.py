@@ -282,3 +282,16 @@ def test_a_real_measurement_picks_one_and_remembers_it(monkeypatch):
     with torch.no_grad():  # forward only: measured apart
         _products_win(q)
     assert len(attention_mod._PRODUCTS_CHOICE) == 2
+
+
+def test_products_path_dropout_drops_weights_and_keeps_the_expectation():
+    """Dropout on the written-out weights: some outputs change with the seed, none are NaN, and the
+    mean over many draws approaches the no-dropout output (dropout rescales by 1/(1-p))."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 2, 12, 8, generator=g).to(torch.bfloat16) for _ in range(3))
+    plain = attention_mod._causal_by_products(q, k, v, 0.0).float()
+    torch.manual_seed(0)
+    draws = torch.stack([attention_mod._causal_by_products(q, k, v, 0.3).float() for _ in range(400)])
+    assert torch.isfinite(draws).all()
+    assert not torch.equal(draws[0], draws[1])
+    torch.testing.assert_close(draws.mean(0), plain, atol=0.1, rtol=0.1)
