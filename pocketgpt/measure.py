@@ -14,22 +14,24 @@ import time
 from collections.abc import Callable
 
 
-def timings(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
-    """Each candidate's best time in seconds: one untimed call each (first touch, lazy packing,
-    allocator warm-up), then `rounds` alternating timed rounds (a slow spell of the machine hits
-    every candidate, and the minimum ignores it)."""
+def timings(candidates: dict[str, Callable[[], object]], rounds: int = 3, repeat: int = 1) -> dict[str, float]:
+    """Each candidate's best time in seconds per call: one untimed call each (first touch, lazy
+    packing, allocator warm-up), then `rounds` alternating timed rounds of `repeat` calls each (a
+    slow spell of the machine hits every candidate, and the minimum ignores it; several calls per
+    round average out the page faults and cache misses of a single one)."""
     best = dict.fromkeys(candidates, float("inf"))
     for f in candidates.values():
         f()
     for _ in range(rounds):
         for name, f in candidates.items():
             t = time.perf_counter()
-            f()
-            best[name] = min(best[name], time.perf_counter() - t)
+            for _ in range(repeat):
+                f()
+            best[name] = min(best[name], (time.perf_counter() - t) / repeat)
     return best
 
 
-def fastest(candidates: dict[str, Callable[[], object]], rounds: int = 3) -> str:
+def fastest(candidates: dict[str, Callable[[], object]], rounds: int = 3, repeat: int = 1) -> str:
     """The name of the candidate that ran fastest (see `timings`)."""
-    best = timings(candidates, rounds)
+    best = timings(candidates, rounds, repeat)
     return min(best, key=best.get)

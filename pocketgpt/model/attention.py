@@ -95,7 +95,7 @@ def sdpa_attention(
 
 
 PRODUCTS_MAX_T = 256  # up to this length, half-precision CPU attention may run as two batched products
-PRODUCTS_MARGIN = 1.15  # a measured winner must be this much faster; closer, the length decides
+PRODUCTS_MARGIN = 1.15  # the fused kernel must measure this much faster to be chosen
 _PRODUCTS_CHOICE: dict[tuple, bool] = {}  # (shape, dtype, backward, threads) -> products win
 
 
@@ -107,9 +107,9 @@ def _products_win(q: torch.Tensor) -> bool:
     + backward, 2 threads, bf16, products vs fused: AMD EPYC (8, 6, 256, 64) 18 vs 30 ms and (12, 4,
     64, 32) 1.5 vs 4.8 ms (an earlier products path, with fp32 scores); Intel Xeon with AMX (8, 6,
     256, 64) 5.1-5.5 vs 11.3-12.0 ms, (12, 4, 64, 32) 0.64 vs 3.6 ms, and at T=512 a tie (35 ms),
-    at T=1024 the fused kernel 2x faster. Within `PRODUCTS_MARGIN` of each
-    other the length decides (products up to 128), so a near tie does not flip between runs. Never
-    inside `torch.compile` (which fuses attention its own way)."""
+    at T=1024 the fused kernel 2x faster. The fused kernel must be `PRODUCTS_MARGIN` faster to be
+    chosen, so a near tie does not flip between runs. Never inside `torch.compile` (which fuses
+    attention its own way)."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16) or q.size(-2) > PRODUCTS_MAX_T:
         return False
     if torch.compiler.is_compiling():
@@ -136,15 +136,11 @@ def _measure_products(q: torch.Tensor, backward: bool) -> bool:
 
         return once
 
-    t = timings({
+    t = timings({  # one call alone varies by +-20% (fresh score buffers page-fault): several per round
         "products": run(lambda q, k, v: _causal_by_products(q, k, v, 0.0)),
         "fused": run(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
-    })
-    if t["products"] * PRODUCTS_MARGIN < t["fused"]:
-        return True
-    if t["fused"] * PRODUCTS_MARGIN < t["products"]:
-        return False
-    return q.size(-2) <= 128
+    }, rounds=5, repeat=3)
+    return not t["fused"] * PRODUCTS_MARGIN < t["products"]  # a near tie keeps the products
 
 
 def _causal_by_products(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
